@@ -1,0 +1,1 @@
+"""The hardware: one module per component, plus the chip that wires them."""

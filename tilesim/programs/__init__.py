@@ -1,0 +1,1 @@
+"""The compiler: model specs -> op graph -> tiling -> tile programs."""

@@ -1,0 +1,1 @@
+"""Summaries, JSON/CSV and plots of runs."""
