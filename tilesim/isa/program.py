@@ -1,0 +1,209 @@
+"""A tile program: per-core, per-engine instruction queues plus named semaphores and buffers.
+
+The instructions of every queue sit in one record array (:data:`~tilesim.isa.opcodes.INSTR_DTYPE`),
+queue after queue: core 0's engines in engine order, then core 1's, and so on. ``queue_start``
+and ``queue_len`` (``[core, engine]``) say where each queue is. This is the form the numba event
+loop reads. Buffers are names for address ranges, used by the assembler, the validator, the
+functional mode and error messages; they do not change timing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tilesim.dtypes import DTYPES
+from tilesim.errors import InputError
+from tilesim.isa.opcodes import INSTR_DTYPE, MAX_SIGNALS, MAX_WAITS, NO_SEM, Engine, Op, blank
+
+SPACES = ("dram", "sram")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A named address range: in DRAM (core -1) or in one core's SRAM."""
+
+    name: str
+    space: str                 # "dram" | "sram"
+    core: int                  # owning core for sram, -1 for dram
+    addr: int                  # first byte
+    dtype: str                 # element datatype name
+    shape: tuple[int, ...]     # elements per dimension, outermost first
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the elements take, rounded up (exact integers: no float, no int64 wrap)."""
+        return (math.prod(self.shape) * DTYPES[self.dtype].bits + 7) // 8
+
+    @property
+    def end(self) -> int:
+        """One past the last byte."""
+        return self.addr + self.size_bytes
+
+
+@dataclass
+class Program:
+    """Instruction queues of every engine of every core, with semaphore and buffer names."""
+
+    n_cores: int
+    dma_engines: int
+    instrs: np.ndarray                      # INSTR_DTYPE records, queue after queue
+    queue_start: np.ndarray                 # int64[n_cores, engines]
+    queue_len: np.ndarray                   # int64[n_cores, engines]
+    semaphores: list[str] = field(default_factory=list)
+    buffers: list[Buffer] = field(default_factory=list)
+    lines: np.ndarray | None = None         # int32 source line per instruction (0 = generated)
+    name: str = "program"
+    source: str = ""                        # file it was assembled from, for messages
+
+    @property
+    def engines_per_core(self) -> int:
+        return int(Engine.DMA) + self.dma_engines
+
+    def queue(self, core: int, engine: int) -> np.ndarray:
+        """The records of one queue (a view)."""
+        s = int(self.queue_start[core, engine])
+        return self.instrs[s:s + int(self.queue_len[core, engine])]
+
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """(core, engine, position in queue) of the instruction at ``index`` in ``instrs``."""
+        for c in range(self.n_cores):
+            for e in range(self.engines_per_core):
+                s, n = int(self.queue_start[c, e]), int(self.queue_len[c, e])
+                if s <= index < s + n:
+                    return c, e, index - s
+        raise IndexError(index)
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def __eq__(self, other) -> bool:
+        """Same queues, records, names and buffers (source lines and file are not compared)."""
+        if not isinstance(other, Program):
+            return NotImplemented
+        return (self.n_cores == other.n_cores and self.dma_engines == other.dma_engines
+                and self.name == other.name
+                and np.array_equal(self.queue_start, other.queue_start)
+                and np.array_equal(self.queue_len, other.queue_len)
+                and self.instrs.tobytes() == other.instrs.tobytes()
+                and self.semaphores == other.semaphores and self.buffers == other.buffers)
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write an .npz holding everything (atomically: a temp file, then rename)."""
+        path = Path(path)
+        meta = {"n_cores": self.n_cores, "dma_engines": self.dma_engines, "name": self.name,
+                "semaphores": self.semaphores,
+                "buffers": [[b.name, b.space, b.core, b.addr, b.dtype, list(b.shape)]
+                            for b in self.buffers], "format": 1}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, instrs=self.instrs, queue_start=self.queue_start,
+                     queue_len=self.queue_len,
+                     lines=self.lines if self.lines is not None else np.zeros(0, np.int32),
+                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Program":
+        """Read a program written by :meth:`save`; InputError if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                instrs = z["instrs"]
+                if instrs.dtype != INSTR_DTYPE:
+                    raise ValueError("instruction records of another format")
+                lines = z["lines"]
+                return cls(n_cores=int(meta["n_cores"]), dma_engines=int(meta["dma_engines"]),
+                           instrs=instrs.copy(), queue_start=z["queue_start"].astype(np.int64),
+                           queue_len=z["queue_len"].astype(np.int64),
+                           semaphores=[str(s) for s in meta["semaphores"]],
+                           buffers=[Buffer(n, s, int(c), int(a), d, tuple(int(x) for x in sh))
+                                    for n, s, c, a, d, sh in meta["buffers"]],
+                           lines=lines if len(lines) else None, name=str(meta["name"]),
+                           source=str(path))
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: not a tilesim program file ({e})") from None
+
+
+class ProgramBuilder:
+    """Append instructions queue by queue, then :meth:`build` a Program.
+
+    Used by the assembler, the code generator and the example programs::
+
+        b = ProgramBuilder(n_cores=1, dma_engines=2)
+        full = b.sem("full0")
+        b.emit(0, Engine.DMA, op=Op.LOAD, ..., signal=[full])
+        b.emit(0, Engine.MATRIX, op=Op.LDW, ..., wait=[(full, 1)])
+        prog = b.build()
+    """
+
+    def __init__(self, n_cores: int, dma_engines: int, name: str = "program"):
+        self.n_cores, self.dma_engines, self.name = n_cores, dma_engines, name
+        self.semaphores: list[str] = []
+        self.buffers: list[Buffer] = []
+        self._queues: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._lines: dict[tuple[int, int], list[int]] = {}
+
+    @property
+    def engines_per_core(self) -> int:
+        return int(Engine.DMA) + self.dma_engines
+
+    def sem(self, name: str) -> int:
+        """Declare a semaphore (or return the id of an existing one)."""
+        if name in self.semaphores:
+            return self.semaphores.index(name)
+        self.semaphores.append(name)
+        return len(self.semaphores) - 1
+
+    def buffer(self, name: str, space: str, addr: int, dtype: str, shape, core: int = -1) -> Buffer:
+        """Declare a named buffer and return it."""
+        b = Buffer(name, space, core if space == "sram" else -1, int(addr), dtype,
+                   tuple(int(s) for s in shape))
+        self.buffers.append(b)
+        return b
+
+    def emit(self, core: int, engine: int, *, wait=(), signal=(), line: int = 0, **fields) -> None:
+        """Append one instruction to queue (core, engine). ``wait`` is [(sem, count), ...],
+        ``signal`` is [sem, ...]; other keyword arguments set record fields by name."""
+        r = blank(1)[0]
+        if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
+            raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
+        for i, (s, n) in enumerate(wait):
+            r["wait_sem"][i], r["wait_count"][i] = s, n
+        for i, s in enumerate(signal):
+            r["signal_sem"][i] = s
+        for k, v in fields.items():
+            r[k] = v
+        self._queues.setdefault((core, int(engine)), []).append(r)
+        self._lines.setdefault((core, int(engine)), []).append(line)
+
+    def build(self) -> Program:
+        n_e = self.engines_per_core
+        start = np.zeros((self.n_cores, n_e), np.int64)
+        length = np.zeros((self.n_cores, n_e), np.int64)
+        parts, lines, pos = [], [], 0
+        for c in range(self.n_cores):
+            for e in range(n_e):
+                q = self._queues.get((c, e), [])
+                start[c, e], length[c, e] = pos, len(q)
+                if q:
+                    parts.append(np.array(q, dtype=INSTR_DTYPE))
+                    lines.extend(self._lines[(c, e)])
+                pos += len(q)
+        bad = [k for k in self._queues if not (0 <= k[0] < self.n_cores and 0 <= k[1] < n_e)]
+        if bad:
+            raise ValueError(f"queues outside the program's cores/engines: {bad}")
+        instrs = np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE)
+        return Program(self.n_cores, self.dma_engines, instrs, start, length,
+                       list(self.semaphores), list(self.buffers),
+                       np.array(lines, np.int32), self.name)
+
+
+__all__ = ["Buffer", "Program", "ProgramBuilder", "SPACES", "Op", "NO_SEM"]
