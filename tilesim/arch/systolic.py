@@ -433,7 +433,7 @@ def _operand(name: str, x: np.ndarray, dtype_name: str) -> np.ndarray:
         if bad is not None:
             idx = np.unravel_index(bad, x.shape)
             lo, hi = _dt.INT_RANGES[dtype_name]
-            raise InputError(f"{name}[{idx[0]}, {idx[1]}] = {x[idx]!r} is not an {dtype_name} "
+            raise InputError(f"{name}[{idx[0]}, {idx[1]}] = {x[idx].item()!r} is not an {dtype_name} "
                              f"value (integers {lo} .. {hi})")
         return np.ascontiguousarray(x, dtype=np.float64)
     return np.ascontiguousarray(_dt.quantize(x, dtype_name), dtype=np.float64)
