@@ -1097,3 +1097,28 @@ def _phase(res: SystolicResult, t: int) -> str:
         elif ma <= t < me:
             what.append(f"drain {'fold' if res.dataflow == 'os' else 'tile'} {f}")
     return f"  [{', '.join(what)}]" if what else ""
+
+
+def gemm_cycles_explained(M: int, K: int, N: int, rows: int, cols: int, dataflow: str = "ws",
+                          weight_double_buffer: bool = False) -> str:
+    """:func:`gemm_cycles` written out with its numbers, e.g.
+    ``F x (2R + C + M - 2) = 1 x (2*4 + 4 + 4 - 2) = 14`` (for teaching output)."""
+    total = gemm_cycles(M, K, N, rows, cols, dataflow, weight_double_buffer)
+    F, T = fold_counts(M, K, N, rows, cols, dataflow)
+    R, C = rows, cols
+    t = {"ws": "M", "is": "N", "os": "K"}[dataflow]
+    folds = {"ws": f"F = ceil(K/R) ceil(N/C) = {math.ceil(K / R)}*{math.ceil(N / C)} = {F}",
+             "is": f"F = ceil(K/R) ceil(M/C) = {math.ceil(K / R)}*{math.ceil(M / C)} = {F}",
+             "os": f"F = ceil(M/R) ceil(N/C) = {math.ceil(M / R)}*{math.ceil(N / C)} = {F}"}[dataflow]
+    if dataflow == "os":
+        if weight_double_buffer:
+            s = (f"(F-1) max({t},R) + ({t} + R + C - 2) = {F - 1}*{max(T, R)} + "
+                 f"({T} + {R} + {C} - 2)")
+        else:
+            s = f"F ({t} + R + C - 2) = {F}*({T} + {R} + {C} - 2)"
+    elif weight_double_buffer:
+        s = (f"R + (F-1) max({t},R) + ({t} + R + C - 2) = {R} + {F - 1}*{max(T, R)} + "
+             f"({T} + {R} + {C} - 2)")
+    else:
+        s = f"F (2R + C + {t} - 2) = {F}*(2*{R} + {C} + {T} - 2)"
+    return f"{s} = {total}   [{folds}]"
