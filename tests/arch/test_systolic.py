@@ -92,6 +92,7 @@ def test_int4_and_extreme_int8_accumulate_exactly_in_int32(dataflow):
     np.testing.assert_array_equal(res.out, np.full((3, 2), 300 * 16384))
 
 
+@pytest.mark.slow
 def test_int32_accumulator_overflow_is_an_error_not_a_wrap():
     K = 131073                       # 131073 * 16384 > 2**31 - 1
     with pytest.raises(InputError, match="int32 accumulator overflows"):

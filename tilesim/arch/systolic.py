@@ -657,6 +657,8 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
     fd_i = -1                                     # MM feeding now
     fd_start = 0
     in_flight = 0                                 # real activations inside the array
+    row_tile = np.full(R, -1, np.int64)           # newest tile whose activations entered row r
+    row_switch_until = np.zeros(R, np.int64)      # PEs of row r may switch tiles before this
     done = 0
     useful = 0
     n_trace = tr_planes.shape[0]
@@ -700,8 +702,8 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
         else:
             ring_mm[slot] = -1
         # left edge: array row r takes element r of the row issued r cycles ago
+        s = slot
         for r in range(R):
-            s = (t - r + R) % R
             i = ring_mm[s] if t - r >= 0 else -1
             if i >= 0:
                 j = mm[i, 2]
@@ -711,48 +713,45 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
                 Ao[r, 0] = x
                 Go[r, 0] = j
                 in_flight += 1
+                if j != row_tile[r]:              # a new tile's first activation enters
+                    row_tile[r] = j
+                    row_switch_until[r] = t + C   # ... and crosses the row in C cycles
             else:
                 Ao[r, 0] = 0.0
                 Go[r, 0] = -1
             if Go[r, C] >= 0:
                 in_flight -= 1                    # leaves at the right edge this cycle
+            s = s - 1 if s > 0 else R - 1
         # ---- every PE, rows bottom-up so P[r] (the sum from above) is still last cycle's
         for r in range(R - 1, -1, -1):
-            ao = Ao[r]
-            an = An[r]
-            go = Go[r]
-            gn = Gn[r]
-            pin = P[r]
-            pout = P[r + 1]
-            wr = W[r]
-            wrr = WR[r]
-            if double:
-                wt = WT[r]
+            if double and t < row_switch_until[r]:
+                # a PE switches to its shadow tile when that tile's first activation reaches
+                # it (only possible while such an activation is crossing this row)
                 for c in range(C):
-                    g = go[c]
-                    if g >= 0 and g != wt[c]:      # first activation of a new tile: switch
+                    g = Go[r, c]
+                    if g >= 0 and g != WT[r, c]:
                         if WNT[r, c] != g:
                             return t, useful, 2
-                        wr[c] = WN[r, c]
-                        wrr[c] = WNR[r, c]
-                        wt[c] = g
+                        W[r, c] = WN[r, c]
+                        WR[r, c] = WNR[r, c]
+                        WT[r, c] = g
             if mode == 0:
                 for c in range(C):
-                    x = ao[c]
-                    g = go[c]
-                    an[c + 1] = x
-                    gn[c + 1] = g
-                    pout[c] = pin[c] + x * wr[c]
-                    useful += (g >= 0) * wrr[c]
+                    x = Ao[r, c]
+                    g = Go[r, c]
+                    An[r, c + 1] = x               # the activation moves one PE right
+                    Gn[r, c + 1] = g
+                    P[r + 1, c] = P[r, c] + x * W[r, c]   # the sum moves one PE down
+                    useful += (g >= 0) * WR[r, c]
             else:
                 for c in range(C):
-                    x = ao[c]
-                    g = go[c]
-                    an[c + 1] = x
-                    gn[c + 1] = g
-                    pout[c] = _rnd(pin[c] + _rnd(x * wr[c], mode, prec, emin, maxv),
-                                   mode, prec, emin, maxv)
-                    useful += (g >= 0) * wrr[c]
+                    x = Ao[r, c]
+                    g = Go[r, c]
+                    An[r, c + 1] = x
+                    Gn[r, c + 1] = g
+                    P[r + 1, c] = _rnd(P[r, c] + _rnd(x * W[r, c], mode, prec, emin, maxv),
+                                       mode, prec, emin, maxv)
+                    useful += (g >= 0) * WR[r, c]
         # ---- results leaving the bottom row
         for c in range(C):
             g = Gn[R - 1, c + 1]
@@ -893,6 +892,7 @@ def _os_kernel(A, Wm, out, mm, R, C, overlap, mode, prec, emin, maxv, max_cycles
     ring_f = np.full(L, -1, np.int64)             # fold issued at cycle t (slot t % L)
     ring_k = np.zeros(L, np.int64)
     got = np.zeros(I, np.int64)
+    n_last = np.zeros(R, np.int64)                # last-pair activations now in row r
     nxt = 0
     fd = -1
     fd_start = 0
@@ -929,21 +929,27 @@ def _os_kernel(A, Wm, out, mm, R, C, overlap, mode, prec, emin, maxv, max_cycles
         else:
             ring_f[slot] = -1
         # ---- edges: row r takes A[m0+r, k0+k] r cycles late, column c takes W[k0+k, n0+c]
+        s = slot
         for r in range(R):
-            s = (t - r + L) % L
             i = ring_f[s] if t - r >= 0 else -1
             if i >= 0:
                 k = ring_k[s]
                 real = r < mm[i, 1]
                 Xo[r, 0] = A[mm[i, 0] + r, mm[i, 2] + k] if real else 0.0
                 Go[r, 0] = i
-                Fo[r, 0] = (1 if k == mm[i, 3] - 1 else 0) | (2 if real else 0)
+                last = k == mm[i, 3] - 1
+                Fo[r, 0] = (1 if last else 0) | (2 if real else 0)
+                if last:
+                    n_last[r] += 1
             else:
                 Xo[r, 0] = 0.0
                 Go[r, 0] = -1
                 Fo[r, 0] = 0
+            if Go[r, C] >= 0 and (Fo[r, C] & 1) == 1:
+                n_last[r] -= 1                    # left at the right edge last cycle
+            s = s - 1 if s > 0 else L - 1
+        s = slot
         for c in range(C):
-            s = (t - c + L) % L
             i = ring_f[s] if t - c >= 0 else -1
             if i >= 0 and c < mm[i, 5]:
                 Yo[0, c] = Wm[mm[i, 2] + ring_k[s], mm[i, 4] + c]
@@ -951,35 +957,50 @@ def _os_kernel(A, Wm, out, mm, R, C, overlap, mode, prec, emin, maxv, max_cycles
             else:
                 Yo[0, c] = 0.0
                 YRo[0, c] = 0
-        # ---- every PE: pass A right and W down, accumulate; the last pair sends the result
+            s = s - 1 if s > 0 else L - 1
+        # ---- every PE: pass A right and W down, accumulate the pair that meets here
         for r in range(R):
-            for c in range(C):
-                x = Xo[r, c]
-                g = Go[r, c]
-                f = Fo[r, c]
-                y = Yo[r, c]
-                yr = YRo[r, c]
-                Xn[r, c + 1] = x
-                Gn[r, c + 1] = g
-                Fn[r, c + 1] = f
-                Yn[r + 1, c] = y
-                YRn[r + 1, c] = yr
-                if mode == 0:
-                    acc = ACC[r, c] + x * y
-                else:
-                    acc = _rnd(ACC[r, c] + _rnd(x * y, mode, prec, emin, maxv),
-                               mode, prec, emin, maxv)
-                useful += (g >= 0) * ((f >> 1) & 1) * yr
-                if g >= 0 and (f & 1) == 1:
-                    if bus_t[c] == t:
-                        return t, useful, 6
-                    bus_t[c] = t
-                    bus_v[c] = acc
-                    bus_f[c] = g
-                    bus_r[c] = r
-                    ACC[r, c] = 0.0
-                else:
-                    ACC[r, c] = acc
+            if mode == 0:
+                for c in range(C):
+                    x = Xo[r, c]
+                    y = Yo[r, c]
+                    g = Go[r, c]
+                    f = Fo[r, c]
+                    yr = YRo[r, c]
+                    Xn[r, c + 1] = x
+                    Gn[r, c + 1] = g
+                    Fn[r, c + 1] = f
+                    Yn[r + 1, c] = y
+                    YRn[r + 1, c] = yr
+                    ACC[r, c] = ACC[r, c] + x * y
+                    useful += (g >= 0) * ((f >> 1) & 1) * yr
+            else:
+                for c in range(C):
+                    x = Xo[r, c]
+                    y = Yo[r, c]
+                    g = Go[r, c]
+                    f = Fo[r, c]
+                    yr = YRo[r, c]
+                    Xn[r, c + 1] = x
+                    Gn[r, c + 1] = g
+                    Fn[r, c + 1] = f
+                    Yn[r + 1, c] = y
+                    YRn[r + 1, c] = yr
+                    ACC[r, c] = _rnd(ACC[r, c] + _rnd(x * y, mode, prec, emin, maxv),
+                                     mode, prec, emin, maxv)
+                    useful += (g >= 0) * ((f >> 1) & 1) * yr
+            # a PE whose last pair of a fold just met puts its result on the column bus and
+            # clears its accumulator (only possible while a last pair is crossing this row)
+            if n_last[r] > 0:
+                for c in range(C):
+                    if Go[r, c] >= 0 and (Fo[r, c] & 1) == 1:
+                        if bus_t[c] == t:
+                            return t, useful, 6
+                        bus_t[c] = t
+                        bus_v[c] = ACC[r, c]
+                        bus_f[c] = Go[r, c]
+                        bus_r[c] = r
+                        ACC[r, c] = 0.0
         # ---- the column buses deliver to the output buffer
         for c in range(C):
             if bus_t[c] == t:
