@@ -456,3 +456,18 @@ def test_many_folds_on_a_large_array_stay_exact(dataflow):
 def test_closed_form_is_instant_for_a_decode_gemv():
     """SCALE-Sim cannot finish 1x4096x4096 in 5 minutes (scalesim_v3_gemm_sweep.csv)."""
     assert math.isclose(gemm_cycles(1, 4096, 4096, 128, 128), 392192)
+
+
+@pytest.mark.parametrize("acc", ["fp16", "bf16", "fp32"])
+def test_kernel_rounding_equals_the_dtypes_rounding(acc):
+    """The kernels' bit-level rounding (_rnd) agrees with tilesim.dtypes.round_to_format on
+    normals, subnormals, ties and overflow."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=3000) * np.exp2(rng.integers(-150, 130, 3000))
+    fmt = dtypes.FLOAT_FORMATS[acc]
+    grid = np.exp2(np.arange(fmt.emin - fmt.man_bits - 2, 20.0))
+    ties = grid * (1 + 2.0 ** -fmt.precision) * np.array([1, 1.5])[:, None]   # halfway cases
+    x = np.concatenate([x, ties.ravel(), -ties.ravel(), [fmt.max_finite * 1.0001, 0.0]])
+    mode, prec, emin, maxv = sy._round_params(acc)
+    got = np.array([sy._rnd(float(v), mode, prec, emin, maxv) for v in x])
+    np.testing.assert_array_equal(got, dtypes.round_to_format(x, fmt))

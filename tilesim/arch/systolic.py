@@ -604,15 +604,20 @@ def _rnd(x, mode, prec, emin, maxv):
         return np.float64(np.float32(x))
     if x == 0.0 or x != x or x - x != 0.0:        # zero, NaN, infinity
         return x
-    m, e = math.frexp(x)                          # x = m * 2**e, 0.5 <= |m| < 1
-    if e < emin + 1:
-        e = emin + 1                              # subnormal: a fixed quantum
-    y = math.ldexp(x, prec - e)                   # |y| < 2**prec: quanta of the format
-    f = math.floor(y)
-    d = y - f
-    if d > 0.5 or (d == 0.5 and f % 2.0 != 0.0):  # to nearest, ties to even
-        f += 1.0
-    q = math.ldexp(f, e - prec)
+    u = np.float64(x).view(np.uint64)             # sign | 11-bit exponent | 52-bit fraction
+    e = np.int64((u >> np.uint64(52)) & np.uint64(0x7FF)) - 1023
+    if e < emin:
+        # below the smallest normal the quantum is fixed: adding and subtracting a constant
+        # whose last bit is that quantum makes the float64 adder round to it (nearest-even)
+        big = math.ldexp(1.5, emin - prec + 1 + 52)
+        q = (x + big) - big
+    else:
+        # keep prec - 1 fraction bits: add just under half of the dropped part (plus one if the
+        # kept part is odd, so a tie goes to even), then clear it; a carry bumps the exponent
+        drop = np.uint64(53 - prec)
+        one = np.uint64(1)
+        u = (u + ((one << (drop - one)) - one + ((u >> drop) & one))) & ~((one << drop) - one)
+        q = np.uint64(u).view(np.float64)
     if q > maxv:
         return math.inf
     if q < -maxv:
