@@ -149,7 +149,7 @@ def bench_scalesim(venv: str, big: bool, repeat: int) -> None:
         a, w = operands(M, K, N)
         t_pe, res = median_time(lambda: simulate_pe(a, w, R, C), repeat)
         t_cf, cyc = median_time(lambda: gemm_cycles(M, K, N, R, C), max(repeat, 5))
-        print(f"{R}x{C:<6}{f'{M},{K},{N}':<14}{ss_wall:>12.3f}{t_pe:>12.4f}{t_cf:>15.2e}"
+        print(f"{f'{R}x{C}':<9}{f'{M},{K},{N}':<14}{ss_wall:>12.3f}{t_pe:>12.4f}{t_cf:>15.2e}"
               f"{ss_wall / t_pe:>12.0f}{ss_wall / t_cf:>12.2e}  {ss_cycles} / {res.cycles}"
               f"{'' if ss_cycles == res.cycles == cyc else '  MISMATCH'}", flush=True)
 

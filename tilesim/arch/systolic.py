@@ -165,14 +165,31 @@ def gemm_cycles(M: int, K: int, N: int, rows: int, cols: int, dataflow: str = "w
     """Cycles for A (M x K) @ W (K x N) on a rows x cols array, from the first weight-load cycle
     to the cycle the last result leaves the array (a count, not SCALE-Sim's last-cycle index).
 
-    With F folds of streamed extent T (see :func:`fold_counts`), R = rows, C = cols:
+    Derivation, with R = rows, C = cols, T the streamed extent (ws: M, is: N, os: K) and F the
+    folds (ws: ceil(K/R) ceil(N/C); is: ceil(K/R) ceil(M/C); os: ceil(M/R) ceil(N/C)); every
+    fold uses the whole array, unused PEs holding zeros. One fold of ws or is costs
 
-    * ws, is exposed:       F * (2R + C + T - 2)
-    * ws, is double-buffer: R + (F - 1) * max(T, R) + (T + R + C - 2)
-    * os exposed:           F * (T + R + C - 2)
-    * os double-buffer:     (F - 1) * max(T, R) + (T + R + C - 2)
+        R          weight load: the tile shifts down one row per cycle
+      + T          streaming: one row of the streamed operand enters per cycle
+      + (R - 1)    input skew: array row r takes its element r cycles after row 0
+      + (C - 1)    drain: the last sum passes C - 1 more columns to reach the last one
+      + 1          the last MAC, in PE(R-1, C-1), after which its sum leaves the bottom
+      = 2R + C + T - 2
 
-    The module docstring derives each term; :func:`simulate_pe` counts the same cycles PE by PE.
+    and one fold of os the same without the load: T + R + C - 2 (each PE sends its result on
+    its column bus in the cycle of its last MAC). Folding:
+
+    * exposed (one weight register per PE): a load disturbs every PE, so folds run one after
+      another: ws, is: F * (2R + C + T - 2); os (folds one at a time): F * (T + R + C - 2).
+    * double-buffered: the next tile loads into shadow registers while this one streams, so
+      after the first load each fold costs max(T, R) (streaming or loading, whichever is
+      longer) and only the last fold's skew and drain are exposed:
+      ws, is: R + (F - 1) * max(T, R) + (T + R + C - 2); os (the next fold's operands follow
+      once the two folds' results cannot meet on a column bus): (F - 1) * max(T, R) +
+      (T + R + C - 2).
+
+    :func:`simulate_pe` counts the same cycles PE by PE; the tests hold the two equal, and the
+    exposed forms equal SCALE-Sim v3's count plus one.
     """
     M, K, N = _check_size("M", M), _check_size("K", K), _check_size("N", N)
     R, C = _check_size("rows", rows), _check_size("cols", cols)

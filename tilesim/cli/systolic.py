@@ -190,7 +190,9 @@ def _legend(res) -> str:
                 "accumulator ('.' = empty). A row starts with the value entering at its left; "
                 "'bus' lists results leaving on the column output buses (@r = from PE row r).")
     shadow = " wn" if res.weight_double_buffer else ""
-    more = ", the shadow weight being loaded" if res.weight_double_buffer else ""
-    return (f"each PE: a w p{shadow} = the activation passing right, its weight, the partial "
+    more = ", the shadow value being loaded" if res.weight_double_buffer else ""
+    moving, held = (("a value of A", "its weight") if res.dataflow == "ws"
+                    else ("a value of W", "its stationary value of A"))
+    return (f"each PE: a w p{shadow} = {moving} passing right, {held}, the partial "
             f"sum passing down{more} ('.' = empty). A row starts with the value entering at its "
             "left; 'out' lists the sums leaving the bottom of each column.")
