@@ -471,3 +471,32 @@ def test_kernel_rounding_equals_the_dtypes_rounding(acc):
     mode, prec, emin, maxv = sy._round_params(acc)
     got = np.array([sy._rnd(float(v), mode, prec, emin, maxv) for v in x])
     np.testing.assert_array_equal(got, dtypes.round_to_format(x, fmt))
+
+
+@pytest.mark.parametrize("double", BUFFERS, ids=["exposed", "double"])
+@pytest.mark.parametrize("dataflow", sy.DATAFLOWS)
+def test_the_overlap_rules_are_tight_no_op_can_start_a_cycle_earlier(dataflow, double):
+    """Forced to schedule()'s start times, the PE model gives the same cycles and values; forced
+    to start any one LDW or MM one cycle earlier than the rules give, it fails one of its
+    physical checks (a load disturbing activations still in the array, a stream meeting a tile
+    not yet loaded, a load overwriting a shadow register before its PE switched, two os results
+    on one bus) or finds that op's engine still busy. Exposed os is the exception: its
+    one-fold-at-a-time rule is SCALE-Sim's policy, not a limit of the array."""
+    if dataflow == "os" and not double:
+        pytest.skip("exposed os runs one fold at a time by policy (SCALE-Sim's model)")
+    rng = np.random.default_rng(11)
+    for M, K, N, R, C in [(6, 8, 8, 4, 4), (2, 8, 8, 4, 4), (3, 9, 7, 3, 2), (8, 2, 8, 4, 4)]:
+        a, w = _ints(rng, (M, K)), _ints(rng, (K, N))
+        ops = gemm_program(M, K, N, R, C, dataflow)
+        plan = schedule(ops, R, C, dataflow, double)
+        res = simulate_tiles(a, w, ops, R, C, dataflow, double, _force=plan)
+        assert res.cycles == plan.cycles
+        np.testing.assert_array_equal(res.out, a @ w)
+        for kind in ("ldw", "mm"):
+            for k in range(len(getattr(plan, kind))):
+                times = sy.TileTimes(plan.ldw.copy(), plan.mm.copy())
+                getattr(times, kind)[k, 0] -= 1
+                if getattr(times, kind)[k, 0] < 0:
+                    continue
+                with pytest.raises(RuntimeError, match="self-check failed"):
+                    simulate_tiles(a, w, ops, R, C, dataflow, double, _force=times)

@@ -501,7 +501,7 @@ def simulate_pe(a, w, rows: int, cols: int, dataflow: str = "ws",
 def simulate_tiles(a, w, ops: Sequence[tuple], rows: int, cols: int, dataflow: str = "ws",
                    weight_double_buffer: bool = False, trace: bool = False, *,
                    input_dtype: str | None = None, weight_dtype: str | None = None,
-                   acc_dtype: str | None = None) -> SystolicResult:
+                   acc_dtype: str | None = None, _force: TileTimes | None = None) -> SystolicResult:
     """Run a tile program on the PE-level model; the output accumulates ``out[...] += tile``.
 
     ws: ``("ldw", k0, kl, n0, nl)`` loads ``W[k0:k0+kl, n0:n0+nl]``; ``("mm", m0, ml)`` streams
@@ -510,7 +510,9 @@ def simulate_tiles(a, w, ops: Sequence[tuple], rows: int, cols: int, dataflow: s
     loads ``A[m0:m0+ml, k0:k0+kl]`` transposed and ``("mm", n0, nl)`` streams columns of W.
     os: ``("mm", m0, ml, k0, kl, n0, nl)`` accumulates ``A[m0:, k0:] @ W[k0:, n0:]`` tiles.
     Every LDW must be followed by at least one MM. ``folds`` of the result pairs each MM with
-    the LDW it uses.
+    the LDW it uses. ``_force`` is for tests only: start each op at the cycle given in its
+    ``TileTimes`` (column 0; -1 = by the rules) instead of by the rules, to show that starting
+    any op earlier than the rules allow breaks the model's physical checks.
     """
     a = _as_matrix("a", a)
     w = _as_matrix("w", w)
@@ -539,6 +541,11 @@ def simulate_tiles(a, w, ops: Sequence[tuple], rows: int, cols: int, dataflow: s
     ldw, mm, prev = _check_ops(ops, R, C, dataflow, shape)
     plan = schedule(ops, R, C, dataflow, bool(weight_double_buffer))
     bound = int(plan.cycles) + 2 * (R + C) + 16       # a safety stop, never reached when sound
+    force_ldw = np.full(len(ldw), -1, np.int64)
+    force_mm = np.full(len(mm), -1, np.int64)
+    if _force is not None:
+        force_ldw[:] = np.asarray(_force.ldw, np.int64).reshape(-1, 2)[:, 0]
+        force_mm[:] = np.asarray(_force.mm, np.int64).reshape(-1, 3)[:, 0]
     n_trace = 0
     if trace:
         if R * C * bound > TRACE_MAX_CELLS:
@@ -552,7 +559,8 @@ def simulate_tiles(a, w, ops: Sequence[tuple], rows: int, cols: int, dataflow: s
         edges = np.zeros((n_trace, len(OS_EDGES), max(R, C)), np.float64)
         mm_t = np.full((len(mm), 3), -1, np.int64)
         cycles, useful, err = _os_kernel(stream, stat, out, mm, R, C, bool(weight_double_buffer),
-                                         mode, prec, emin, maxv, bound, mm_t, planes, edges)
+                                         mode, prec, emin, maxv, bound, mm_t, planes, edges,
+                                         force_mm)
         ldw_t = np.zeros((0, 2), np.int64)
     else:
         planes = np.zeros((n_trace, len(STATIONARY_PLANES), R, C), np.float64)
@@ -561,7 +569,8 @@ def simulate_tiles(a, w, ops: Sequence[tuple], rows: int, cols: int, dataflow: s
         mm_t = np.full((len(mm), 3), -1, np.int64)
         cycles, useful, err = _stationary_kernel(stream, stat, out, ldw, mm, prev, R, C,
                                                  bool(weight_double_buffer), mode, prec, emin,
-                                                 maxv, bound, ldw_t, mm_t, planes, edges)
+                                                 maxv, bound, ldw_t, mm_t, planes, edges,
+                                                 force_ldw, force_mm)
     if err != 0:
         raise RuntimeError(f"PE model self-check failed: {_ERRORS.get(err, err)} "
                            f"({dataflow}, {R}x{C}, double buffer {weight_double_buffer}); "
@@ -602,6 +611,8 @@ _ERRORS = {
     4: "a weight load shifted weights while activations were still in the array",
     5: "a result left the array for a different tile than its column expected",
     6: "two results met on a column output bus in the same cycle",
+    7: "an activation entered before its tile was loaded",
+    8: "a forced start time found its engine busy or already past",
 }
 
 
@@ -644,9 +655,11 @@ def _rnd(x, mode, prec, emin, maxv):
 
 @njit(cache=True)
 def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mode, prec,
-                       emin, maxv, max_cycles, ldw_t, mm_t, tr_planes, tr_edges):
+                       emin, maxv, max_cycles, ldw_t, mm_t, tr_planes, tr_edges, force_ldw,
+                       force_mm):
     """ws/is array. stream: T x K rows fed at the left; stat: K x S tiles loaded from the top;
-    out: T x S accumulates. ldw[j] = (k0, kl, s0, sl); mm[i] = (t0, tl, tile j).
+    out: T x S accumulates. ldw[j] = (k0, kl, s0, sl); mm[i] = (t0, tl, tile j). force_ldw[j] and
+    force_mm[i] (>= 0) start that op at that cycle instead of by the rules.
     Returns (cycles, useful MACs, error code)."""
     J = ldw.shape[0]
     I = mm.shape[0]
@@ -688,26 +701,39 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
         Ao, An = (A0, A1) if t % 2 == 0 else (A1, A0)
         Go, Gn = (G0, G1) if t % 2 == 0 else (G1, G0)
         # ---- controller: start the next MM / LDW when the rules of the docstring allow (the
-        # MM first: an LDW may start in the cycle the MM before it starts, never the reverse)
+        # MM first: an LDW may start in the cycle the MM before it starts, never the reverse).
+        # A start time in force_mm / force_ldw (>= 0) overrides the rules (tests use it).
+        if next_i < I and force_mm[next_i] >= 0:
+            if t > force_mm[next_i] or (t == force_mm[next_i] and fd_i >= 0):
+                return t, useful, 8
         if fd_i < 0 and next_i < I:
             j = mm[next_i, 2]
-            ok = ldw_t[j, 0] >= 0 and ldw_t[j, 1] <= t
-            if ok and next_i > 0:
-                ok = mm_t[next_i - 1, 1] <= t
+            if force_mm[next_i] >= 0:
+                ok = t == force_mm[next_i]
+            else:
+                ok = ldw_t[j, 0] >= 0 and ldw_t[j, 1] <= t
+                if ok and next_i > 0:
+                    ok = mm_t[next_i - 1, 1] <= t
             if ok:
                 fd_i = next_i
                 fd_start = t
                 mm_t[fd_i, 0] = t
                 mm_t[fd_i, 1] = t + mm[fd_i, 1]
                 next_i += 1
+        if next_j < J and force_ldw[next_j] >= 0:
+            if t > force_ldw[next_j] or (t == force_ldw[next_j] and ld_j >= 0):
+                return t, useful, 8
         if ld_j < 0 and next_j < J:
-            ok = next_j == 0 or ldw_t[next_j - 1, 1] <= t
             p = ldw_prev_mm[next_j]
-            if ok and p >= 0:
-                if double:
-                    ok = mm_t[p, 0] >= 0 and mm_t[p, 0] <= t
-                else:
-                    ok = mm_t[p, 2] >= 0 and mm_t[p, 2] <= t
+            if force_ldw[next_j] >= 0:
+                ok = t == force_ldw[next_j]
+            else:
+                ok = next_j == 0 or ldw_t[next_j - 1, 1] <= t
+                if ok and p >= 0:
+                    if double:
+                        ok = mm_t[p, 0] >= 0 and mm_t[p, 0] <= t
+                    else:
+                        ok = mm_t[p, 2] >= 0 and mm_t[p, 2] <= t
             if ok:
                 ld_j = next_j
                 ld_start = t
@@ -735,6 +761,8 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
                 Ao[r, 0] = x
                 Go[r, 0] = j
                 in_flight += 1
+                if not double and WT[r, 0] != j:
+                    return t, useful, 7           # its tile is not (all) in place yet
                 if j != row_tile[r]:              # a new tile's first activation enters
                     row_tile[r] = j
                     row_switch_until[r] = t + C   # ... and crosses the row in C cycles
@@ -891,7 +919,7 @@ def _stationary_kernel(stream, stat, out, ldw, mm, ldw_prev_mm, R, C, double, mo
 
 @njit(cache=True)
 def _os_kernel(A, Wm, out, mm, R, C, overlap, mode, prec, emin, maxv, max_cycles, mm_t,
-               tr_planes, tr_edges):
+               tr_planes, tr_edges, force_mm):
     """os array. A: M x K enters at the left; Wm: K x N enters at the top; out: M x N.
     mm[i] = (m0, ml, k0, kl, n0, nl). Returns (cycles, useful MACs, error code)."""
     I = mm.shape[0]
@@ -927,15 +955,21 @@ def _os_kernel(A, Wm, out, mm, R, C, overlap, mode, prec, emin, maxv, max_cycles
         Fo, Fn = (F0, F1) if t % 2 == 0 else (F1, F0)
         Yo, Yn = (Y0, Y1) if t % 2 == 0 else (Y1, Y0)
         YRo, YRn = (YR0, YR1) if t % 2 == 0 else (YR1, YR0)
-        # ---- controller
+        # ---- controller (a start time in force_mm, >= 0, overrides the rules; tests use it)
+        if nxt < I and force_mm[nxt] >= 0:
+            if t > force_mm[nxt] or (t == force_mm[nxt] and fd >= 0):
+                return t, useful, 8
         if fd < 0 and nxt < I:
-            ok = True
-            if nxt > 0:
-                ok = mm_t[nxt - 1, 1] <= t
-                if overlap:
-                    ok = ok and t + mm[nxt, 3] >= mm_t[nxt - 1, 1] + R
-                else:
-                    ok = ok and mm_t[nxt - 1, 2] >= 0 and mm_t[nxt - 1, 2] <= t
+            if force_mm[nxt] >= 0:
+                ok = t == force_mm[nxt]
+            else:
+                ok = True
+                if nxt > 0:
+                    ok = mm_t[nxt - 1, 1] <= t
+                    if overlap:
+                        ok = ok and t + mm[nxt, 3] >= mm_t[nxt - 1, 1] + R
+                    else:
+                        ok = ok and mm_t[nxt - 1, 2] >= 0 and mm_t[nxt - 1, 2] <= t
             if ok:
                 fd = nxt
                 fd_start = t
