@@ -64,3 +64,141 @@ def accumulator_ok(input_dtype: str, acc_dtype: str) -> bool:
     if a.is_int:
         return acc_dtype == "int32"
     return not c.is_int and c.bits >= min(a.bits, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Floating-point formats and rounding (round to nearest, ties to even)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A binary floating-point format: sign, ``exp_bits`` exponent bits, ``man_bits`` stored
+    mantissa bits. ``has_inf``: IEEE-style (the top exponent is inf/NaN) or, for OCP fp8e4m3
+    ("E4M3FN"), no infinities and only the all-ones pattern is NaN."""
+
+    name: str
+    exp_bits: int
+    man_bits: int
+    has_inf: bool
+
+    @property
+    def precision(self) -> int:
+        """Significand bits including the implicit leading one."""
+        return self.man_bits + 1
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number; subnormals step by 2**(emin - man_bits)."""
+        return 1 - self.bias
+
+    @property
+    def max_finite(self) -> float:
+        """The largest finite value."""
+        if self.has_inf:   # the top exponent field is reserved for inf and NaN
+            return (2 - 2.0 ** -self.man_bits) * 2.0 ** self.bias
+        # E4M3FN: the top exponent field holds numbers too, except mantissa all ones (NaN)
+        emax = 2 ** self.exp_bits - 1 - self.bias
+        return (2 - 2.0 ** (1 - self.man_bits)) * 2.0 ** emax
+
+
+FLOAT_FORMATS: dict[str, FloatFormat] = {
+    f.name: f
+    for f in (
+        # OCP 8-bit Floating Point Specification (OFP8) rev 1.0: E4M3 has no infinities and a
+        # single NaN mantissa (largest finite 1.75 * 2**8 = 448); E5M2 follows IEEE rules
+        # (largest finite 1.75 * 2**15 = 57344).
+        FloatFormat("fp8e4m3", 4, 3, False),
+        FloatFormat("fp8e5m2", 5, 2, True),
+        FloatFormat("bf16", 8, 7, True),       # bfloat16: fp32's exponent, 7 mantissa bits
+        FloatFormat("fp16", 5, 10, True),      # IEEE 754 binary16
+        FloatFormat("fp32", 8, 23, True),      # IEEE 754 binary32
+    )
+}
+"""The floating-point datatypes, by name."""
+
+INT_RANGES: dict[str, tuple[int, int]] = {"int4": (-8, 7), "int8": (-128, 127),
+                                          "int32": (-2**31, 2**31 - 1)}
+"""Two's-complement range of each integer datatype."""
+
+
+def round_to_format(x, fmt: FloatFormat, *, saturate: bool = False) -> np.ndarray:
+    """Round float64 values to ``fmt`` (nearest, ties to even); returns float64.
+
+    The result is exact: the value is split into significand and exponent with ``np.frexp``,
+    the significand is scaled to an integer count of the format's quanta and rounded with
+    ``np.rint`` (which rounds halves to even), and the exponent is clamped at ``emin`` so that
+    subnormals keep their fixed quantum. A result above ``max_finite`` overflows to +-inf
+    (NaN for fp8e4m3, which has no infinities), or to +-max_finite when ``saturate``.
+    NaN stays NaN; infinities stay infinite (or saturate).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m, e = np.frexp(x)                                    # x = m * 2**e, 0.5 <= |m| < 1
+    e = np.maximum(e, fmt.emin + 1)                      # below emin: the subnormal quantum
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = np.ldexp(np.rint(np.ldexp(x, fmt.precision - e)), e - fmt.precision)
+        over = np.abs(q) > fmt.max_finite
+        if saturate:
+            q = np.where(over, np.copysign(fmt.max_finite, x), q)
+        elif over.any():
+            big = np.inf if fmt.has_inf else np.nan
+            q = np.where(over & np.isfinite(x), np.copysign(big, x), q)
+            if not fmt.has_inf:
+                q = np.where(np.isinf(x), np.nan, q)
+    return np.where(np.isnan(x), np.nan, q)
+
+
+def quantize(x, dtype_name: str, *, saturate: bool = False) -> np.ndarray:
+    """Values rounded to a datatype, held in its ``compute`` numpy type.
+
+    Floating types round to nearest, ties to even (see :func:`round_to_format`); the result is
+    float32, which holds every fp8, bf16, fp16 and fp32 value exactly. Integer types round to
+    nearest, ties to even, and then saturate to the type's range (the usual requantisation
+    step); the result is int64. ``saturate`` only matters for floats: clamp overflows to the
+    largest finite value instead of infinity (or NaN for fp8e4m3). Use
+    :func:`check_representable` to reject values instead of rounding them.
+    """
+    d = dtype(dtype_name)
+    x = np.asarray(x, dtype=np.float64)
+    if d.is_int:
+        lo, hi = INT_RANGES[d.name]
+        if np.isnan(x).any():
+            raise ValueError(f"NaN cannot be quantized to {d.name}")
+        return np.clip(np.rint(x), lo, hi).astype(np.int64)
+    return round_to_format(x, FLOAT_FORMATS[d.name], saturate=saturate).astype(np.float32)
+
+
+def check_representable(x, dtype_name: str) -> np.ndarray | None:
+    """None if every value is exactly a ``dtype_name`` value, else the flat index of the first
+    that is not (a non-integer or out-of-range value for an integer type; a value that rounding
+    would change, for a float type)."""
+    d = dtype(dtype_name)
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if d.is_int:
+        lo, hi = INT_RANGES[d.name]
+        ok = np.isfinite(x) & (x == np.rint(x)) & (x >= lo) & (x <= hi)
+    else:
+        q = round_to_format(x, FLOAT_FORMATS[d.name])
+        ok = (q == x) | (np.isnan(q) & np.isnan(x))
+    bad = np.flatnonzero(~ok)
+    return None if bad.size == 0 else int(bad[0])
+
+
+def all_values(dtype_name: str) -> np.ndarray:
+    """Every finite value of a float format of at most 16 bits, decoded from every bit pattern,
+    sorted, without duplicates (tests check rounding against it by brute force)."""
+    fmt = FLOAT_FORMATS[dtype_name]
+    if 1 + fmt.exp_bits + fmt.man_bits > 16:
+        raise ValueError(f"{dtype_name} has too many values to list (16-bit formats at most)")
+    bits = np.arange(2 ** (fmt.exp_bits + fmt.man_bits), dtype=np.int64)   # sign added below
+    e_field = bits >> fmt.man_bits
+    mant = (bits & (2 ** fmt.man_bits - 1)).astype(np.float64)
+    normal = e_field > 0
+    v = np.where(normal, (1 + mant / 2 ** fmt.man_bits) * np.exp2(e_field - fmt.bias),
+                 mant * 2.0 ** (fmt.emin - fmt.man_bits))
+    v = v[v <= fmt.max_finite]        # drops inf/NaN patterns (and E4M3FN's NaN)
+    return np.unique(np.concatenate([v, -v]))
