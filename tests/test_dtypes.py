@@ -84,3 +84,26 @@ def test_check_representable_points_at_the_first_bad_value():
 
 def test_every_float_dtype_has_a_format():
     assert {n for n, d in dtypes.DTYPES.items() if not d.is_int} == set(FLOAT_FORMATS)
+
+
+@pytest.mark.parametrize("name", ["fp8e4m3", "fp8e5m2", "bf16", "fp16"])
+def test_encode_decode_every_value_round_trips(name):
+    """Every finite value of the format survives values -> stored bits -> values."""
+    v = dtypes.all_values(name)
+    assert np.array_equal(dtypes.decode(dtypes.encode(v, name), name, v.size), v.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["fp8e4m3", "fp8e5m2", "bf16", "fp16", "fp32"])
+def test_encode_rounds_like_quantize(name):
+    x = np.random.default_rng(0).normal(size=2000) * 100
+    got = dtypes.decode(dtypes.encode(x, name), name, x.size)
+    assert np.array_equal(got, dtypes.quantize(x, name, saturate=True))
+
+
+@pytest.mark.parametrize("name", ["int4", "int8", "int32"])
+def test_integer_storage_round_trips_and_rejects_overflow(name):
+    lo, hi = dtypes.INT_RANGES[name]
+    x = np.array([lo, -1, 0, 1, hi, 3])
+    assert np.array_equal(dtypes.decode(dtypes.encode(x, name), name, x.size), x)
+    with pytest.raises(ValueError):
+        dtypes.encode([hi + 1], name)

@@ -202,3 +202,93 @@ def all_values(dtype_name: str) -> np.ndarray:
                  mant * 2.0 ** (fmt.emin - fmt.man_bits))
     v = v[v <= fmt.max_finite]        # drops inf/NaN patterns (and E4M3FN's NaN)
     return np.unique(np.concatenate([v, -v]))
+
+
+# --------------------------------------------------------------------------------------------
+# Values <-> stored bytes (functional mode)
+# --------------------------------------------------------------------------------------------
+
+
+def _fp8_table(exp_bits: int, man_bits: int, ieee_specials: bool) -> np.ndarray:
+    """float32 value of every fp8 code (NaN where the format has NaN)."""
+    bias = 2 ** (exp_bits - 1) - 1
+    codes = np.arange(256)
+    sign = np.where(codes >> 7, -1.0, 1.0)
+    e = (codes >> man_bits) & (2**exp_bits - 1)
+    m = codes & (2**man_bits - 1)
+    frac = m / 2**man_bits
+    val = np.where(e == 0, frac * 2.0 ** (1 - bias), (1 + frac) * 2.0 ** (e - bias))
+    if ieee_specials:   # e5m2: exponent all ones is inf (m == 0) or NaN
+        val = np.where(e == 2**exp_bits - 1, np.where(m == 0, np.inf, np.nan), val)
+    else:               # e4m3 (OCP "fn"): only S.1111.111 is NaN, no infinities
+        val = np.where((e == 2**exp_bits - 1) & (m == 2**man_bits - 1), np.nan, val)
+    return (sign * val).astype(np.float32)
+
+
+_FP8 = {"fp8e4m3": _fp8_table(4, 3, False), "fp8e5m2": _fp8_table(5, 2, True)}
+
+
+def _fp8_encode(x: np.ndarray, name: str) -> np.ndarray:
+    """Round to nearest even (round_to_format), saturating to the largest finite value (the
+    'satfinite' conversion ML hardware uses); NaN -> the format's NaN (0x7F)."""
+    q = round_to_format(x, FLOAT_FORMATS[name], saturate=True)
+    pos = _FP8[name][:128].astype(np.float64)
+    finite = np.isfinite(pos)
+    vals, codes = pos[finite], np.arange(128)[finite]
+    order = np.argsort(vals, kind="stable")
+    vals, codes = vals[order], codes[order]
+    a = np.abs(np.nan_to_num(q))
+    code = codes[np.clip(np.searchsorted(vals, a), 0, len(vals) - 1)].astype(np.uint8)
+    code = np.where(np.signbit(q), code | 0x80, code).astype(np.uint8)
+    return np.where(np.isnan(q), np.uint8(0x7F), code).astype(np.uint8)
+
+
+def encode(values, name: str) -> np.ndarray:
+    """Values -> stored bytes (uint8, packed). Floats round to nearest even; integers must fit
+    the type (ValueError otherwise); int4 packs two per byte, low nibble first."""
+    d = dtype(name)
+    v = np.asarray(values).ravel()
+    if d.is_int:
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v) & (v == np.round(v))):
+            raise ValueError(f"{name} holds integers; got non-integer values")
+        lo, hi = -(2 ** (d.bits - 1)), 2 ** (d.bits - 1) - 1
+        iv = v.astype(np.int64)
+        if iv.size and (iv.min() < lo or iv.max() > hi):
+            raise ValueError(f"{name} holds {lo}..{hi}; got values {iv.min()}..{iv.max()}")
+        if name == "int4":
+            nib = (iv & 0xF).astype(np.uint8)
+            if nib.size % 2:
+                nib = np.append(nib, np.uint8(0))
+            return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8)
+        return iv.astype({8: np.int8, 32: np.int32}[d.bits]).view(np.uint8)
+    f = v.astype(np.float32)
+    if name == "fp32":
+        return f.view(np.uint8)
+    if name == "fp16":
+        return f.astype(np.float16).view(np.uint8)
+    if name == "bf16":
+        b = f.view(np.uint32).astype(np.uint64)
+        rounded = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+        rounded = np.where(np.isnan(f), np.uint16(0x7FC0), rounded).astype(np.uint16)
+        return rounded.view(np.uint8)
+    return _fp8_encode(f, name)
+
+
+def decode(raw: np.ndarray, name: str, count: int) -> np.ndarray:
+    """Stored bytes -> ``count`` values (int64 for integers, float32 for floats)."""
+    d = dtype(name)
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if name == "int4":
+        nib = np.empty(raw.size * 2, np.int64)
+        nib[0::2], nib[1::2] = raw & 0xF, raw >> 4
+        nib = np.where(nib > 7, nib - 16, nib)
+        return nib[:count]
+    if d.is_int:
+        return raw.view({8: np.int8, 32: np.int32}[d.bits])[:count].astype(np.int64)
+    if name == "fp32":
+        return raw.view(np.float32)[:count].copy()
+    if name == "fp16":
+        return raw.view(np.float16)[:count].astype(np.float32)
+    if name == "bf16":
+        return (raw.view(np.uint16)[:count].astype(np.uint32) << 16).view(np.float32)
+    return _FP8[name][raw[:count]]
