@@ -74,7 +74,10 @@ sizes are bytes.
     grouped by channel, channel c's requests at ``[ch_start[c], ch_end[c])`` in trace order
     (``model.simulate`` sorts a trace this way and maps ids back). Each channel takes its
     requests in that order once they have arrived; when its queue is full, they wait
-    (back-pressure) and it retries at its next event. Requests for other channels are not
+    (back-pressure): a waiting request enters in the cycle a slot frees (right after the
+    service call that freed it) and is first considered the cycle after. This rule does not
+    depend on how often a channel is woken, so the results do not either (a test runs the
+    exact and the lower-bound wake-ups and compares every command). Requests for other channels are not
     held up: one in-order injector per channel, not DRAMsim3's single global head, which lets
     one full channel stall all the others (the ``q32`` trap in dram_standards.md). Channels
     then never interact, so the driver runs them one after another.
@@ -495,6 +498,19 @@ def _dram_refresh_step(T, S, ch, t):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _dram_mode_flips(T, S, ch):
+    """Whether the read/write mode changes at the channel's next step: reads switch to writes
+    when the write queue reaches its high watermark or no read waits; writes switch back when
+    the write queue is empty, or down to its low watermark with reads waiting."""
+    c0 = S.o_chn + 24 * ch
+    nr = S.buf[c0 + 13]
+    nw = S.buf[c0 + 14]
+    if S.buf[c0 + 5] == 0:
+        return nw >= T.wq_hi or (nr == 0 and nw > 0)
+    return nw == 0 or (nr > 0 and nw <= T.wq_lo)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _dram_step(T, S, ch, t):
     """Everything channel ``ch`` can do at cycle ``t``; returns its next cycle of interest
     (for an idle channel, the next refresh), also kept at channel field 10.
@@ -526,13 +542,8 @@ def _dram_step(T, S, ch, t):
             buf[c0 + 10] = tn
             return tn
     # write drain between watermarks
-    nr = buf[c0 + 13]
-    nw = buf[c0 + 14]
-    if buf[c0 + 5] == 0:
-        if nw >= T.wq_hi or (nr == 0 and nw > 0):
-            buf[c0 + 5] = 1
-    elif nw == 0 or (nr > 0 and nw <= T.wq_lo):
-        buf[c0 + 5] = 0
+    if _dram_mode_flips(T, S, ch):
+        buf[c0 + 5] = 1 - buf[c0 + 5]
     typ = buf[c0 + 5]
     C = 2 + typ
     lb = S.o_bl + 8 * (ch * 2 + typ) * NB               # this type's bank lists
@@ -775,6 +786,10 @@ def _dram_step(T, S, ch, t):
             kC = max(kC, t + tab[row_cmd * 5 + C])
             kA = max(kA, t + tab[row_cmd * 5])
             kP = max(kP, t + tab[row_cmd * 5 + 1])
+        # a retirement that flips the read/write mode makes the other queue's candidates count
+        if _dram_mode_flips(T, S, ch):
+            tn = t + 1
+            break
         if T.exact_next == 1:
             continue
         # ---- lower bound of the next cycle (docstring)
@@ -788,14 +803,6 @@ def _dram_step(T, S, ch, t):
         v = max(t if n_pre > 0 else min_pre, kP)
         if v < tn:
             tn = v
-        # a retirement that flips the read/write mode makes the other queue's candidates count
-        nr = buf[c0 + 13]
-        nw = buf[c0 + 14]
-        if typ == 0:
-            if nw >= T.wq_hi or (nr == 0 and nw > 0):
-                tn = t + 1
-        elif nw == 0 or (nr > 0 and nw <= T.wq_lo):
-            tn = t + 1
         if tn > t:
             break
     if buf[c0 + 7] < tn:
@@ -817,13 +824,19 @@ def _dram_advance_idle(T, S, ch, until):
 @njit(cache=True, error_model="numpy", inline="always")
 def dram_enqueue(T, S, req, addr, nbytes, is_write, now):
     """Offer a request; False when the channel's queue for its type is full (see module doc)."""
+    return _dram_enqueue(T, S, req, addr, nbytes, is_write, now) >= 0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _dram_enqueue(T, S, req, addr, nbytes, is_write, now):
+    """dram_enqueue; returns the queue entry used, or -1 when the queue is full."""
     buf = S.buf
     ch, bg, ba, row, col = dram_map(T, addr)
     typ = 1 if is_write else 0
     c0 = S.o_chn + 24 * ch
     cap = T.wq_cap if typ == 1 else T.rq_cap
     if buf[c0 + 13 + typ] >= cap:
-        return False
+        return -1
     if buf[c0 + 11] == 1:
         _dram_advance_idle(T, S, ch, now)
         buf[c0 + 11] = 0
@@ -860,7 +873,27 @@ def dram_enqueue(T, S, req, addr, nbytes, is_write, now):
         buf[c0 + 19 + typ] |= 1 << b
     buf[S.o_enq + req] = now
     buf[S.o_comp + req] = -1
-    return True
+    return e
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _dram_entry_ready(T, S, ch, e):
+    """Earliest cycle queue entry ``e`` could have its first command issued: its bank's
+    readiness for the column command (row open), ACT (closed) or PRE (another row open).
+    A lower bound: the scheduler may still pick other requests first."""
+    buf = S.buf
+    b = buf[S.o_ent + 8 * e + 1]
+    open_row = buf[S.o_bk + 8 * (ch * T.n_banks + b) + 5]
+    if open_row == buf[S.o_ent + 8 * e + 2]:
+        cmd = 2 + (1 if e - ch * (T.rq_cap + T.wq_cap) >= T.rq_cap else 0)
+    elif open_row < 0:
+        cmd = 0
+    else:
+        cmd = 1
+    r = max(buf[S.o_chn + 24 * ch + cmd],
+            max(buf[S.o_bg + 8 * (ch * T.n_bg + (b >> T.bpg_shift)) + cmd],
+                buf[S.o_bk + 8 * (ch * T.n_banks + b) + cmd]))
+    return max(r, _dram_win_ready(T, S, ch, cmd))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -929,18 +962,29 @@ def dram_run(T, S, addr, nbytes, is_write, arrival, ch_start, ch_end):
                     break
                 w = 1 if is_write[p] else 0
                 if S.buf[c0 + 13 + w] >= (T.wq_cap if w == 1 else T.rq_cap):
-                    break                               # full: retry at the next event
+                    break                               # full: retry when a slot frees
                 dram_enqueue(T, S, p, addr[p], nbytes[p], is_write[p], t)
                 p += 1
             nxt = dram_service(T, S, c, t)
             events += 1
+            # requests refused earlier take the slots this call freed; first considered at t+1
+            while p < end:
+                if arrival[p] > t:
+                    break
+                w = 1 if is_write[p] else 0
+                if S.buf[c0 + 13 + w] >= (T.wq_cap if w == 1 else T.rq_cap):
+                    break
+                e = _dram_enqueue(T, S, p, addr[p], nbytes[p], is_write[p], t)
+                r = max(_dram_entry_ready(T, S, c, e), t + 1)
+                if r < nxt:
+                    nxt = r
+                p += 1
+            if nxt > t + 1 and _dram_mode_flips(T, S, c):
+                nxt = t + 1                             # the new requests flip the mode
             if p < end:
                 a = arrival[p]
-                if a > t:
-                    if a < nxt:
-                        nxt = a
-                elif nxt == never:
-                    nxt = t + 1                         # refused earlier, queue now empty
+                if t < a < nxt:
+                    nxt = a
             if nxt == never:
                 break
             t = nxt

@@ -224,6 +224,7 @@ class DramResult:
     wall_s: float                   # wall time of the numba run
     trace: dict | None = None       # command trace, arrays by field, when asked for
     trace_dropped: int = 0
+    done_order: np.ndarray | None = None   # request ids in the order the done FIFO got them
     _energy: dict | None = field(default=None, repr=False)
 
     def counter(self, name: str) -> int:
@@ -375,8 +376,11 @@ def simulate(system: DramSystem, addr, nbytes, is_write=False, arrival=None, *,
         k = min(issued, trace_capacity)
         dropped = issued - k
         trace = {name: v["trace"][:k, j].copy() for j, name in enumerate(TRACE_FIELDS)}
+    pushed = int(v["glob"][1])
+    done_order = perm[v["done"][:min(pushed, n)]] if n else np.zeros(0, dtype=np.int64)
     return DramResult(system, addr, nbytes, is_write, arrival, comp, enq,
-                      v["counters"].copy(), end, int(events), wall, trace, dropped)
+                      v["counters"].copy(), end, int(events), wall, trace, dropped,
+                      done_order)
 
 
 # ------------------------------------------------------------------------------------------
