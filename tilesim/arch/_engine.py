@@ -815,10 +815,23 @@ def _dram_step(T, S, ch, t):
 
 @njit(cache=True, error_model="numpy")
 def _dram_advance_idle(T, S, ch, until):
-    """An idle channel does what it would have done before cycle ``until`` (refresh)."""
+    """An idle channel does what it would have done before cycle ``until``: what
+    ``_dram_step`` does with both queues empty, at each cycle it would have returned (refresh
+    when due, and the read/write mode update), without its scan (which finds nothing)."""
+    buf = S.buf
     c0 = S.o_chn + 24 * ch
-    while S.buf[c0 + 10] < until:
-        _dram_step(T, S, ch, S.buf[c0 + 10])
+    while buf[c0 + 10] < until:
+        t = buf[c0 + 10]
+        if buf[c0 + 6] == 0 and t >= buf[c0 + 7]:
+            buf[c0 + 6] = 1
+        if buf[c0 + 6] == 1:
+            tn = _dram_refresh_step(T, S, ch, t)
+            if tn >= 0:
+                buf[c0 + 10] = tn
+                continue
+        if _dram_mode_flips(T, S, ch):
+            buf[c0 + 5] = 1 - buf[c0 + 5]
+        buf[c0 + 10] = max(buf[c0 + 7], t + 1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
