@@ -86,22 +86,25 @@ The issued command trace is recorded as rows (cycle, channel, bank group, bank i
 column, command) while fewer than ``S.trace_cap`` commands have been issued (0 = off); the
 count goes on (``dram_commands_issued``), so a trace that overflowed is detectable.
 
-Speed: about 8-9 M bursts per wall-second (5 M 64-byte requests on 32-byte-burst standards)
-on one core of the 2-core EPYC this was written on; benchmarks/bench_dram.py measures it.
-What made it so, in order of effect:
+Speed: about 10 M bursts per wall-second (5.4 M 64-byte requests on the 32-byte-burst
+standards, 9.5 M on 64-byte ones) on one core of the 2-core EPYC this was written on;
+benchmarks/bench_dram.py measures it. What made it so, in order of effect (each measured):
 
-- One array per namedtuple. numba increfs and decrefs every array held in a tuple argument on
-  entry to and exit from a jitted function whenever its reference-count pruning fails, which
-  it does in any function that calls another or branches before returning (seen in the
-  generated IR: 15-60 atomic operations per call with one array per field, ~330 ns). So the
-  tables are one int64 array ``T.tab`` and the state one int64 array ``S.buf``, with
-  integer offsets in the namedtuples.
+- No reference counting. numba increfs and decrefs, with atomic operations, every array it
+  takes out of a tuple or passes to a call, and prunes the pairs only in straight-line code;
+  here that was a third of the run time, and it made run times swing with the load on the
+  other core. These kernels allocate nothing, so they are compiled with ``_nrt=False``
+  (numba's switch for the runtime's reference counting; an underscore option, so pinned by
+  the tests and the benchmark) and hold their state in one array (``S.buf``) and their
+  tables in another (``T.tab``), with integer offsets in the namedtuples.
 - ``dram_service``, ``_dram_step``, ``dram_enqueue`` and ``dram_map`` are inlined into their
-  callers at the numba-IR level (``inline="always"``): about 2x, for ~30 s more compile time
-  on a cold cache. The chip loop that calls them gets the same.
+  callers at the numba-IR level (``inline="always"``): 1.6x, for ~5 s more compile on a
+  cold cache (~19 s in all). A chip loop that calls them inlines them too; compile it with
+  ``_nrt=False`` as well, or the inlined code gets reference counting back.
 - The FR-FCFS scan and the column command are written out in ``_dram_step``; after issuing,
   the next cycle is a lower bound, not a second scan (``_dram_step`` docstring); each bank
-  list caches its oldest row hit; an issue touches only the constrained command pairs.
+  list caches its oldest row hit; an issue touches only the constrained command pairs; the
+  standalone driver runs one channel at a time.
 
 Layout. Within ``S.buf`` (each record's fields at ``base + k``):
 
@@ -192,7 +195,7 @@ DramState = namedtuple("DramState", [
 ])
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def dram_map(T, addr):
     """Byte address -> (channel, bank group, bank in group, row, column granule)."""
     tab = T.tab
@@ -228,7 +231,7 @@ def dram_map(T, addr):
     return ch, bg, ba, row, col
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_channel(T, addr):
     """The channel a byte address maps to."""
     return dram_map(T, addr)[0]
@@ -243,31 +246,31 @@ def dram_map_many(T, addr):
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_completion(S, req):
     """Completion cycle of request ``req`` (-1 while unknown)."""
     return S.buf[S.o_comp + req]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_enqueue_cycle(S, req):
     """Cycle at which request ``req`` was accepted (-1 if never)."""
     return S.buf[S.o_enq + req]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_counter(S, ch, k):
     """Counter ``k`` (DRAM_COUNTERS order) of channel ``ch``."""
     return S.buf[S.o_cnt + 16 * ch + k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_commands_issued(S):
     """Commands issued so far (the trace holds the first ``S.trace_cap``)."""
     return S.buf[S.o_glob + 2]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_win_ready(T, S, ch, cmd):
     """Earliest cycle for ``cmd`` under the window rows (tFAW): the oldest of the last ``count``
     counted commands plus the window."""
@@ -285,7 +288,7 @@ def _dram_win_ready(T, S, ch, cmd):
     return r
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_ready(T, S, ch, b, cmd):
     """Earliest legal cycle for ``cmd`` to bank ``b`` (flat, in channel ``ch``)."""
     buf = S.buf
@@ -302,7 +305,7 @@ def _dram_ready(T, S, ch, b, cmd):
     return r
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_ref_ready(T, S, ch):
     """Earliest legal cycle for an all-bank REF: every level instance in the channel counts."""
     buf = S.buf
@@ -316,7 +319,7 @@ def _dram_ref_ready(T, S, ch):
     return r
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_issue(T, S, ch, b, cmd, t, row, col):
     """Record command ``cmd`` at cycle ``t`` (bank ``b`` flat, -1 for REF): raise the earliest
     cycle of every command at each level, the window history, counters and the trace."""
@@ -383,7 +386,7 @@ def _dram_issue(T, S, ch, b, cmd, t, row, col):
     buf[S.o_glob + 2] = n + 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_count_hits(T, S, ch, typ, b, row):
     """Queued entries of ``typ`` in bank ``b`` whose row is ``row``; sets the hit bit."""
     buf = S.buf
@@ -413,7 +416,7 @@ def _dram_count_hits(T, S, ch, typ, b, row):
         buf[c0 + 19 + typ] &= ~(1 << b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_activate(T, S, ch, b, row, t):
     buf = S.buf
     _dram_issue(T, S, ch, b, 0, t, row, -1)
@@ -429,7 +432,7 @@ def _dram_activate(T, S, ch, b, row, t):
     buf[c0 + 12] |= 1 << b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_precharge(T, S, ch, b, t, kind):
     """kind 0: row conflict, 1: refresh, 2: closed-page policy."""
     buf = S.buf
@@ -452,7 +455,7 @@ def _dram_precharge(T, S, ch, b, t, kind):
         buf[n0 + 15] += 1                               # pre_closed_page
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_refresh_step(T, S, ch, t):
     """Refresh is due: precharge open banks (one per cycle, earliest-ready first), then REF.
     Returns the next cycle, or -1 after issuing REF (normal scheduling continues at ``t``)."""
@@ -497,7 +500,7 @@ def _dram_refresh_step(T, S, ch, t):
     return -1
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def _dram_mode_flips(T, S, ch):
     """Whether the read/write mode changes at the channel's next step: reads switch to writes
     when the write queue reaches its high watermark or no read waits; writes switch back when
@@ -510,7 +513,7 @@ def _dram_mode_flips(T, S, ch):
     return nw == 0 or (nr > 0 and nw <= T.wq_lo)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def _dram_step(T, S, ch, t):
     """Everything channel ``ch`` can do at cycle ``t``; returns its next cycle of interest
     (for an idle channel, the next refresh), also kept at channel field 10.
@@ -813,7 +816,7 @@ def _dram_step(T, S, ch, t):
     return tn
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_advance_idle(T, S, ch, until):
     """An idle channel does what it would have done before cycle ``until``: what
     ``_dram_step`` does with both queues empty, at each cycle it would have returned (refresh
@@ -834,13 +837,13 @@ def _dram_advance_idle(T, S, ch, until):
         buf[c0 + 10] = max(buf[c0 + 7], t + 1)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def dram_enqueue(T, S, req, addr, nbytes, is_write, now):
     """Offer a request; False when the channel's queue for its type is full (see module doc)."""
     return _dram_enqueue(T, S, req, addr, nbytes, is_write, now) >= 0
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def _dram_enqueue(T, S, req, addr, nbytes, is_write, now):
     """dram_enqueue; returns the queue entry used, or -1 when the queue is full."""
     buf = S.buf
@@ -889,7 +892,7 @@ def _dram_enqueue(T, S, req, addr, nbytes, is_write, now):
     return e
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def _dram_entry_ready(T, S, ch, e):
     """Earliest cycle queue entry ``e`` could have its first command issued: its bank's
     readiness for the column command (row open), ACT (closed) or PRE (another row open).
@@ -909,7 +912,7 @@ def _dram_entry_ready(T, S, ch, e):
     return max(r, _dram_win_ready(T, S, ch, cmd))
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def dram_service(T, S, ch, now):
     """Do what channel ``ch`` can do at cycle ``now``; next cycle or DRAM_NEVER (module doc)."""
     buf = S.buf
@@ -925,7 +928,7 @@ def dram_service(T, S, ch, now):
     return tn
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_pop_done(S):
     """Next finished request id from the done FIFO, or -1 when it is empty."""
     buf = S.buf
@@ -936,7 +939,7 @@ def dram_pop_done(S):
     return buf[S.o_done + h % S.req_cap]          # rare: once per request, by the caller
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_finish(T, S, end):
     """Refresh idle channels up to ``end`` (inclusive) and close the active-cycle counts."""
     buf = S.buf
@@ -951,7 +954,7 @@ def dram_finish(T, S, end):
         buf[n0 + 10] = (buf[n0 + 2] + buf[n0 + 3]) * T.nBL   # busy_cycles
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def dram_run(T, S, addr, nbytes, is_write, arrival, ch_start, ch_end):
     """The standalone driver (module doc). Returns the number of service calls made;
     finishes with ``dram_finish`` at the last completion.

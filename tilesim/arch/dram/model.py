@@ -152,8 +152,12 @@ def new_state(system: DramSystem, req_capacity: int, trace_capacity: int = 0):
     off, at = {}, 0
     for name, size in sizes:
         off[name] = at
-        at += size
-    buf = np.zeros(at, dtype=np.int64)
+        at += -(-size // 8) * 8                  # every region starts on a 64-byte line
+    # Align the buffer itself to 64 bytes, so an 8-word record (an entry, a bank) is one
+    # cache line; numpy's large allocations are not (measured: up to 25 % slower runs).
+    raw = np.zeros(at + 8, dtype=np.int64)
+    skip = (-raw.ctypes.data % 64) // 8
+    buf = raw[skip:skip + at]
     S = DramState(buf=buf, n_ent=n_ent, win_w=W, req_cap=req_capacity,
                   trace_cap=trace_capacity, **off)
     v = views(system, S)
