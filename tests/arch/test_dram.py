@@ -587,3 +587,19 @@ def test_hbm2_at_2gbps_matches_dramsim3(systems):
     # mostly conflicts (open page, random rows): the conflict formula, in ns
     assert idle_ns == pytest.approx(model.unloaded_read_cycles(s.timings, "conflict")
                                     * s.tck_ns, rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_checker_on_long_mixed_runs(name, systems):
+    """Longer runs (refresh many times over, queues full, write drains, mode switches), to
+    catch interleavings the short runs above miss."""
+    s = systems(name)
+    rng = np.random.default_rng(11)
+    for pat, frac in (("random", 0.7), ("stream", 0.6)):
+        a, w = patterns.make(pat, 60000, 64, capacity(s), frac, seed=int(rng.integers(99)))
+        arrival = np.cumsum(rng.choice([0, 0, 0, 1, 40, 3000], size=len(a)))
+        r = model.simulate(s, a, 64, w, arrival, trace_capacity=1_000_000)
+        assert r.trace_dropped == 0 and r.counter("REF") > 10
+        assert not checker.check_trace(s.std, s.timings, r.trace)
+        assert np.array_equal(np.sort(r.done_order), np.arange(len(a)))

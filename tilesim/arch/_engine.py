@@ -77,10 +77,11 @@ sizes are bytes.
     (back-pressure): a waiting request enters in the cycle a slot frees (right after the
     service call that freed it) and is first considered the cycle after. This rule does not
     depend on how often a channel is woken, so the results do not either (a test runs the
-    exact and the lower-bound wake-ups and compares every command). Requests for other channels are not
-    held up: one in-order injector per channel, not DRAMsim3's single global head, which lets
-    one full channel stall all the others (the ``q32`` trap in dram_standards.md). Channels
-    then never interact, so the driver runs them one after another.
+    exact and the lower-bound wake-ups and compares every command). Requests for other
+    channels are not held up: one in-order injector per channel, not DRAMsim3's single
+    global head, which lets one full channel stall all the others (the ``q32`` trap in
+    dram_standards.md). Channels then never interact, so the driver runs them one after
+    another.
 
 The issued command trace is recorded as rows (cycle, channel, bank group, bank in group, row,
 column, command) while fewer than ``S.trace_cap`` commands have been issued (0 = off); the

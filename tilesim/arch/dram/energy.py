@@ -90,17 +90,23 @@ def energy_table(std: Standard) -> dict[str, EnergyRow]:
     src = e.source
     io = calibrated_io_pj_per_bit(std)
     assumed = "" if e.core_scale == 1 else f"; x{e.core_scale:.3f} (assumed, see standards.py)"
+    d = f"{src}{assumed}"
     return {
-        "act_pj": EnergyRow(c["act_pj"], "pJ per ACT, its PRE included", f"D: IDD0 method, {src}{assumed}"),
+        "act_pj": EnergyRow(c["act_pj"], "pJ per ACT, its PRE included",
+                            f"D: IDD0 method, {d}"),
         "pre_pj": EnergyRow(0.0, "pJ per PRE", "counted in act_pj (IDD0 covers ACT + PRE)"),
-        "rd_core_pj_per_bit": EnergyRow(c["rd_core_pj_per_bit"], "pJ per bit read, DRAM core", f"D: IDD4R, {src}{assumed}"),
-        "wr_core_pj_per_bit": EnergyRow(c["wr_core_pj_per_bit"], "pJ per bit written, DRAM core", f"D: IDD4W, {src}{assumed}"),
+        "rd_core_pj_per_bit": EnergyRow(c["rd_core_pj_per_bit"], "pJ per bit read, DRAM core",
+                                        f"D: IDD4R, {d}"),
+        "wr_core_pj_per_bit": EnergyRow(c["wr_core_pj_per_bit"],
+                                        "pJ per bit written, DRAM core", f"D: IDD4W, {d}"),
         "io_pj_per_bit": EnergyRow(io, "pJ per bit read or written, interface/PHY",
                                    f"calibrated: {e.target_pj_per_bit} pJ/bit streaming-read "
                                    f"total minus the IDD terms ({e.target_source})"),
-        "ref_pj": EnergyRow(c["ref_pj"], "pJ per all-bank REF", f"D: IDD5AB, {src}{assumed}"),
-        "bg_active_mw": EnergyRow(c["bg_active_mw"], "mW while a bank is open", f"D: IDD3N, {src}{assumed}"),
-        "bg_precharge_mw": EnergyRow(c["bg_precharge_mw"], "mW while all banks are closed", f"D: IDD2N, {src}{assumed}"),
+        "ref_pj": EnergyRow(c["ref_pj"], "pJ per all-bank REF", f"D: IDD5AB, {d}"),
+        "bg_active_mw": EnergyRow(c["bg_active_mw"], "mW while a bank is open",
+                                  f"D: IDD3N, {d}"),
+        "bg_precharge_mw": EnergyRow(c["bg_precharge_mw"], "mW while all banks are closed",
+                                     f"D: IDD2N, {d}"),
     }
 
 

@@ -21,7 +21,7 @@ to keep capacity), multi-cycle ACT on the HBM command bus, power-down and self-r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
@@ -478,7 +478,8 @@ HBM2_DRAMSIM3 = Standard(
           "'Reference runs'. Not a config standard (config.MEMORY_STANDARDS).",
 )
 
-STANDARDS: Mapping[str, Standard] = MappingProxyType({s.name: s for s in (DDR3, HBM2, HBM2E, HBM3, GDDR6)})
+STANDARDS: Mapping[str, Standard] = MappingProxyType(
+    {s.name: s for s in (DDR3, HBM2, HBM2E, HBM3, GDDR6)})
 """The standards a chip config may name (config.MEMORY_STANDARDS lists the same; a test checks)."""
 
 VARIANTS: Mapping[str, Standard] = MappingProxyType({s.name: s for s in (HBM2_DRAMSIM3,)})
