@@ -656,3 +656,19 @@ def test_kernel_api_driven_like_the_chip_loop_matches_the_driver(name, systems):
     theirs = np.stack([ref.trace[k] for k in model.TRACE_FIELDS], axis=1)
     for ch in range(s.n_channels):
         assert np.array_equal(mine[mine[:, 1] == ch], theirs[theirs[:, 1] == ch])
+
+
+def test_dram_kernels_are_compiled_without_reference_counting():
+    """_engine.py docstring: reference counting was a third of the run time. ``_nrt`` is an
+    underscore option of numba, so check every DRAM kernel still sets it (all but
+    dram_map_many, which allocates its result)."""
+    from numba.core.registry import CPUDispatcher
+
+    from tilesim.arch import _engine as E
+    kernels = {k: v for k, v in vars(E).items()
+               if isinstance(v, CPUDispatcher) and (k.startswith("dram_") or
+                                                     k.startswith("_dram_"))}
+    assert len(kernels) > 15
+    for name, d in kernels.items():
+        expected = None if name == "dram_map_many" else False
+        assert d.targetoptions.get("_nrt") is expected, name

@@ -4,8 +4,8 @@ Why one module: numba's on-disk cache (``cache=True``) does not notice edits to 
 function imported from another file (numba#1833, in the numba docs' caching limitations), so a
 caller would keep running stale code. Rules here (STYLE 3.4): ``@njit(cache=True)`` only, no
 module-level globals read inside jitted code (numbers that look like constants are literals
-with a comment), no jitclass, state as struct-of-arrays numpy held in namedtuples, parameters
-passed as arguments. Python builds the tables (``tilesim/arch/dram/model.py``); this module
+with a comment), no jitclass, state in numpy arrays held in namedtuples with the integer
+offsets and sizes that describe them, parameters passed as arguments. Python builds the tables (``tilesim/arch/dram/model.py``); this module
 only runs them. One section per component; the chip event loop will join them.
 
 =================================================================================================
@@ -32,12 +32,14 @@ sizes are bytes.
     gives the channel only.
 
 ``dram_enqueue(T, S, req, addr, nbytes, is_write, now) -> bool``
-    Offer request ``req`` (an id below ``S.req_cap``) at cycle ``now``. False when that
+    Offer request ``req`` (an id below ``S.req_cap``: not checked, numba does no bounds
+    checks, so a larger id overwrites other state) at cycle ``now``. False when that
     channel's read (or write) queue is full: retry at or after the cycle a later
     ``dram_service`` of that channel returns. A request covers ``ceil((addr % granule +
     nbytes) / granule)`` consecutive granules, which must lie in one ``T.chunk_bytes``-aligned
-    chunk (the mapping keeps a chunk in one channel, bank and row); it is served as that many
-    column commands through the same scheduler. After a successful enqueue the channel needs
+    chunk (the mapping keeps a chunk in one channel, bank and row; not checked here, a longer
+    request wraps to the start of its row: ``model.check_requests`` checks it in Python); it
+    is served as that many column commands through the same scheduler. After a successful enqueue the channel needs
     attention at ``now``: call ``dram_service(T, S, ch, now)``.
 
 ``dram_service(T, S, ch, now) -> next_cycle``
@@ -95,8 +97,8 @@ benchmarks/bench_dram.py measures it. What made it so, in order of effect (each 
   takes out of a tuple or passes to a call, and prunes the pairs only in straight-line code;
   here that was a third of the run time, and it made run times swing with the load on the
   other core. These kernels allocate nothing, so they are compiled with ``_nrt=False``
-  (numba's switch for the runtime's reference counting; an underscore option, so pinned by
-  the tests and the benchmark) and hold their state in one array (``S.buf``) and their
+  (numba's switch for the runtime's reference counting; an underscore option, so a test
+  checks every DRAM kernel still has it) and hold their state in one array (``S.buf``) and their
   tables in another (``T.tab``), with integer offsets in the namedtuples.
 - ``dram_service``, ``_dram_step``, ``dram_enqueue`` and ``dram_map`` are inlined into their
   callers at the numba-IR level (``inline="always"``): 1.6x, for ~5 s more compile on a
