@@ -372,7 +372,7 @@ PATTERN_CASES = [("stream", 1.0), ("random", 1.0), ("stream", 0.5), ("random", 0
                  ("adversarial", 1.0), ("adversarial", 0.5)]
 
 
-def _pattern(s, pat, frac, n=6000, req=64):
+def _pattern(s, pat, frac, n=4000, req=64):
     if pat == "adversarial":       # the same bank of channel 0, a new row every request
         stride = s.std.row_bytes * s.std.banks * s.n_channels
         return patterns.make("strided", n, req, capacity(s), frac, stride=stride)
@@ -399,6 +399,13 @@ def test_checker_finds_no_violation_and_every_request_completes_once(name, page,
         assert r.counter("WR") == bursts * int(w.sum())
         assert r.counter("row_hits") + r.counter("row_misses") + r.counter("row_conflicts") \
             == r.counter("RD") + r.counter("WR")
+
+
+def test_request_arrays_of_different_lengths_are_one_line_errors(systems):
+    from tilesim.errors import InputError
+    s = systems("hbm3")
+    with pytest.raises(InputError, match="arrival has 2 entries for 3 requests"):
+        model.simulate(s, [0, 64, 128], 64, False, [0, 1])
 
 
 def test_bytes_served_equal_bytes_asked_for_odd_sizes(systems):
@@ -446,7 +453,7 @@ def test_checker_sees_state_errors():
 def test_lower_bound_wakeups_issue_the_same_commands_as_exact_rescans(name, systems):
     s = systems(name, read_queue=16, write_queue=16)
     exact = dataclasses.replace(s, tables=s.tables._replace(exact_next=1))
-    arrival = np.sort(np.random.default_rng(1).integers(0, 30000, 6000))
+    arrival = np.sort(np.random.default_rng(1).integers(0, 20000, 4000))
     for pat, frac in PATTERN_CASES:
         a, w = _pattern(s, pat, frac)
         for arr in (None, arrival):
@@ -605,6 +612,7 @@ def test_checker_on_long_mixed_runs(name, systems):
         assert np.array_equal(np.sort(r.done_order), np.arange(len(a)))
 
 
+@pytest.mark.slow          # ~6 s on a cold cache: it compiles the API functions as entry points
 @pytest.mark.parametrize("name", ["hbm3", "gddr6"])
 def test_kernel_api_driven_like_the_chip_loop_matches_the_driver(name, systems):
     """The calls the chip loop will make, from a plain-Python event loop over all channels

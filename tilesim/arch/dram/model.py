@@ -317,10 +317,18 @@ def check_requests(system: DramSystem, addr, nbytes, is_write, arrival):
     """Validate a request trace; returns int64 arrays or raises InputError (one line)."""
     addr = np.asarray(addr, dtype=np.int64).ravel()
     n = addr.shape[0]
-    nbytes = np.broadcast_to(np.asarray(nbytes, dtype=np.int64), (n,)).copy()
-    is_write = np.broadcast_to(np.asarray(is_write).astype(bool), (n,)).astype(np.int64)
+
+    def per_request(name, value, dtype):
+        v = np.asarray(value, dtype=dtype)
+        if v.ndim and v.size != n:
+            raise InputError(f"{name} has {v.size} entries for {n} requests (one each, or "
+                             f"one value for all)")
+        return np.broadcast_to(v.ravel() if v.ndim else v, (n,)).copy()
+
+    nbytes = per_request("nbytes", nbytes, np.int64)
+    is_write = per_request("is_write", is_write, bool).astype(np.int64)
     arrival = (np.zeros(n, dtype=np.int64) if arrival is None
-               else np.broadcast_to(np.asarray(arrival, dtype=np.int64), (n,)).copy())
+               else per_request("arrival", arrival, np.int64))
     chunk = system.chunk_bytes
 
     def first(mask):
