@@ -5,8 +5,8 @@ function imported from another file (numba#1833, in the numba docs' caching limi
 caller would keep running stale code. Rules here (STYLE 3.4): ``@njit(cache=True)`` only, no
 module-level globals read inside jitted code (numbers that look like constants are literals
 with a comment), no jitclass, state in numpy arrays held in namedtuples with the integer
-offsets and sizes that describe them, parameters passed as arguments. Python builds the tables (``tilesim/arch/dram/model.py``); this module
-only runs them. One section per component; the chip event loop will join them.
+offsets and sizes that describe them, parameters passed as arguments. Python builds the
+tables (``tilesim/arch/dram/model.py``); this module only runs them. One section per component; the chip event loop will join them.
 
 =================================================================================================
 DRAM
@@ -39,8 +39,8 @@ sizes are bytes.
     nbytes) / granule)`` consecutive granules, which must lie in one ``T.chunk_bytes``-aligned
     chunk (the mapping keeps a chunk in one channel, bank and row; not checked here, a longer
     request wraps to the start of its row: ``model.check_requests`` checks it in Python); it
-    is served as that many column commands through the same scheduler. After a successful enqueue the channel needs
-    attention at ``now``: call ``dram_service(T, S, ch, now)``.
+    is served as that many column commands through the same scheduler. After a successful
+    enqueue the channel needs attention at ``now``: call ``dram_service(T, S, ch, now)``.
 
 ``dram_service(T, S, ch, now) -> next_cycle``
     Do everything channel ``ch`` can legally do at cycle ``now`` (refresh, issue commands,
