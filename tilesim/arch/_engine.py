@@ -6,7 +6,8 @@ caller would keep running stale code. Rules here (STYLE 3.4): ``@njit(cache=True
 module-level globals read inside jitted code (numbers that look like constants are literals
 with a comment), no jitclass, state in numpy arrays held in namedtuples with the integer
 offsets and sizes that describe them, parameters passed as arguments. Python builds the
-tables (``tilesim/arch/dram/model.py``); this module only runs them. One section per component; the chip event loop will join them.
+tables (``tilesim/arch/dram/model.py``); this module only runs them. One section per
+component; the chip event loop will join them.
 
 =================================================================================================
 DRAM
