@@ -5,8 +5,8 @@ compiled standard (timings, constraint arrays), the parsed address mapping and t
 ``DramTables`` namedtuple the kernels in ``tilesim/arch/_engine.py`` read. ``new_state`` makes
 the mutable state (one int64 buffer; ``views`` names its parts). ``simulate`` runs a request
 trace through the standalone driver and returns a :class:`DramResult` (completion cycles,
-counters, optional command trace, energy, summary). The event loop, controller and FR-FCFS scheduler are documented in
-``_engine.py``'s module docstring; this module is Python only.
+counters, optional command trace, energy, summary). The event loop, controller and FR-FCFS
+scheduler are documented in ``_engine.py``'s module docstring; this module is Python only.
 
 Closed forms (tests and the CLI use them):
 
