@@ -261,17 +261,16 @@ def encode(values, name: str) -> np.ndarray:
                 nib = np.append(nib, np.uint8(0))
             return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8)
         return iv.astype({8: np.int8, 32: np.int32}[d.bits]).view(np.uint8)
-    f = v.astype(np.float32)
+    if name in ("fp8e4m3", "fp8e5m2"):
+        return _fp8_encode(v.astype(np.float64), name)
+    # round once, from the exact input, then store the (now exact) value's bits
+    f = round_to_format(v.astype(np.float64), FLOAT_FORMATS[name]).astype(np.float32)
     if name == "fp32":
         return f.view(np.uint8)
     if name == "fp16":
         return f.astype(np.float16).view(np.uint8)
-    if name == "bf16":
-        b = f.view(np.uint32).astype(np.uint64)
-        rounded = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
-        rounded = np.where(np.isnan(f), np.uint16(0x7FC0), rounded).astype(np.uint16)
-        return rounded.view(np.uint8)
-    return _fp8_encode(f, name)
+    b = (f.view(np.uint32) >> 16).astype(np.uint16)
+    return np.where(np.isnan(f), np.uint16(0x7FC0), b).astype(np.uint16).view(np.uint8)
 
 
 def decode(raw: np.ndarray, name: str, count: int) -> np.ndarray:

@@ -1,17 +1,1021 @@
-"""The numba engine: every jitted function the chip's event loop calls, in one module.
+"""tilesim's numba engine: every jitted function of the simulator lives in this one module.
 
-numba's on-disk cache does not notice edits to jitted functions imported from another file
-(numba#1833), so the event loop and everything it calls live here, one section per component.
-The component modules (noc.py, dram/, sram.py, dma.py, chip.py) hold the Python side: builders
-that turn configs into arrays, closed forms, traces. Nothing here reads a module global: every
-parameter arrives as an argument.
+Why one module: numba's on-disk cache (``cache=True``) does not notice edits to a jitted
+function imported from another file (numba#1833, in the numba docs' caching limitations), so a
+caller would keep running stale code. Rules here (STYLE 3.4): ``@njit(cache=True)`` only, no
+module-level globals read inside jitted code (numbers that look like constants are literals
+with a comment), no jitclass, state in numpy arrays held in namedtuples with the integer
+offsets and sizes that describe them, parameters passed as arguments. Python builds the
+tables (``tilesim/arch/dram/model.py``); this module only runs them. One section per
+component; the chip event loop will join them.
 
-Sections: event queue | NoC | (DRAM) | chip event loop.
+=================================================================================================
+DRAM
+=================================================================================================
+
+Per channel, one controller: a read queue and a write queue, FR-FCFS scheduling (a ready column
+command to an open row first, oldest first; else the oldest ready ACT or PRE), open-page policy
+(closed-page as an option), write draining between watermarks, all-bank refresh every nREFI,
+and the standard's timing constraints compiled into ``lat[level, before, after]`` plus window
+rows (tFAW). Event-driven: a channel computes the next DRAM cycle at which it can act and time
+skips there; nothing ticks. Time is in cycles of the DRAM command clock CK (int64).
+
+Commands (index): ACT 0, PRE 1, RD 2, WR 3, REF 4.
+Levels (index): channel 0, bank group 1, bank 2.
+
+Kernel API (what the chip loop calls; all jitted, all take the tables ``T`` and the state ``S``
+built once by ``tilesim.arch.dram.model.build(mem).tables`` and ``model.new_state(system,
+req_capacity, trace_capacity)``). Cycles are DRAM command-clock cycles (int64); addresses and
+sizes are bytes.
+
+``dram_map(T, addr) -> (channel, bankgroup, bank_in_group, row, column)``
+    Byte address to DRAM coordinates (column in access granules). ``dram_channel(T, addr)``
+    gives the channel only.
+
+``dram_enqueue(T, S, req, addr, nbytes, is_write, now) -> bool``
+    Offer request ``req`` (an id below ``S.req_cap``: not checked, numba does no bounds
+    checks, so a larger id overwrites other state) at cycle ``now``. False when that
+    channel's read (or write) queue is full: retry at or after the cycle a later
+    ``dram_service`` of that channel returns. A request covers ``ceil((addr % granule +
+    nbytes) / granule)`` consecutive granules, which must lie in one ``T.chunk_bytes``-aligned
+    chunk (the mapping keeps a chunk in one channel, bank and row; not checked here, a longer
+    request wraps to the start of its row: ``model.check_requests`` checks it in Python); it
+    is served as that many column commands through the same scheduler. After a successful
+    enqueue the channel needs attention at ``now``: call ``dram_service(T, S, ch, now)``.
+
+``dram_service(T, S, ch, now) -> next_cycle``
+    Do everything channel ``ch`` can legally do at cycle ``now`` (refresh, issue commands,
+    retire requests) and return the next cycle it needs attention, or ``DRAM_NEVER`` (2**62)
+    when nothing is queued. Call it at the cycle it returned (later is legal, only slower)
+    and after every successful enqueue; ``now`` must not go backwards. The returned cycle may
+    be early (a call then does nothing and returns the exact one), never late. An idle
+    channel's refreshes are done lazily, at the exact cycles they were due, the next time it
+    is touched (enqueue, service or finish), so refresh timing stays exact when traffic
+    resumes.
+
+``dram_completion(S, req)``, ``dram_pop_done(S) -> req or -1``
+    A request's completion cycle (-1 until known) is set, and its id pushed on the done FIFO,
+    when its last burst issues: reads complete at that burst's issue + nCL + nBL (data
+    returned), writes at issue + nCWL + nBL (data written). The completion cycle may lie up
+    to nCL + nBL cycles after the service call that produced it: treat it as the event time.
+    ``dram_enqueue_cycle(S, req)`` is the cycle it was accepted. Its queue slot is free at once.
+
+``dram_counter(S, ch, k)`` (int64), k in ``DRAM_COUNTERS`` order:
+    ACT, PRE, RD, WR, REF, row_hits, row_misses, row_conflicts (column commands: to a row
+    already accessed / the first after an ACT into a closed bank / the first after an ACT that
+    followed a conflict PRE), bytes_read, bytes_written (requested bytes, at completion),
+    busy_cycles (data bus: (RD + WR) x nBL, filled in by ``dram_finish``), active_cycles
+    (>= 1 bank open), reads_done, writes_done, pre_refresh, pre_closed_page.
+
+``dram_finish(T, S, end)``
+    Bring every idle channel's refresh up to ``end``, close the active-cycle counts there and
+    fill in busy_cycles (for energy and reports). Call when a run ends.
+
+``dram_run(T, S, addr, nbytes, is_write, arrival, ch_start, ch_end) -> service_calls``
+    The standalone driver (``tilesim dram``, tests, benchmarks). Request i (its id) is
+    ``addr[i], nbytes[i], is_write[i]``, arriving at cycle ``arrival[i]``; the arrays are
+    grouped by channel, channel c's requests at ``[ch_start[c], ch_end[c])`` in trace order
+    (``model.simulate`` sorts a trace this way and maps ids back). Each channel takes its
+    requests in that order once they have arrived; when its queue is full, they wait
+    (back-pressure): a waiting request enters in the cycle a slot frees (right after the
+    service call that freed it) and is first considered the cycle after. This rule does not
+    depend on how often a channel is woken, so the results do not either (a test runs the
+    exact and the lower-bound wake-ups and compares every command). Requests for other
+    channels are not held up: one in-order injector per channel, not DRAMsim3's single
+    global head, which lets one full channel stall all the others (the ``q32`` trap in
+    dram_standards.md). Channels then never interact, so the driver runs them one after
+    another.
+
+The issued command trace is recorded as rows (cycle, channel, bank group, bank in group, row,
+column, command) while fewer than ``S.trace_cap`` commands have been issued (0 = off); the
+count goes on (``dram_commands_issued``), so a trace that overflowed is detectable.
+
+Speed: about 10 M bursts per wall-second (5.4 M 64-byte requests on the 32-byte-burst
+standards, 9.5 M on 64-byte ones) on one core of the 2-core EPYC this was written on;
+benchmarks/bench_dram.py measures it. What made it so, in order of effect (each measured):
+
+- No reference counting. numba increfs and decrefs, with atomic operations, every array it
+  takes out of a tuple or passes to a call, and prunes the pairs only in straight-line code;
+  here that was a third of the run time, and it made run times swing with the load on the
+  other core. These kernels allocate nothing, so they are compiled with ``_nrt=False``
+  (numba's switch for the runtime's reference counting; an underscore option, so a test
+  checks every DRAM kernel still has it) and hold their state in one array (``S.buf``) and their
+  tables in another (``T.tab``), with integer offsets in the namedtuples.
+- ``dram_service``, ``_dram_step``, ``dram_enqueue`` and ``dram_map`` are inlined into their
+  callers at the numba-IR level (``inline="always"``): 1.6x, for ~5 s more compile on a
+  cold cache (~19 s in all). A chip loop that calls them inlines them too; compile it with
+  ``_nrt=False`` as well, or the inlined code gets reference counting back.
+- The FR-FCFS scan and the column command are written out in ``_dram_step``; after issuing,
+  the next cycle is a lower bound, not a second scan (``_dram_step`` docstring); each bank
+  list caches its oldest row hit; an issue touches only the constrained command pairs; the
+  standalone driver runs one channel at a time.
+
+Layout. Within ``S.buf`` (each record's fields at ``base + k``):
+
+    entry e      o_ent + 8*e:   0 req, 1 bank, 2 row, 3 next column, 4 bursts left, 5 age,
+                                6 next entry in its bank list (-1), 7 bytes.
+                 Slots [ch*QT, ch*QT+RQ) are reads, then WQ writes (QT = RQ + WQ);
+                 o_free + slot: the free-slot stacks, one region per (channel, type).
+    bank list    o_bl + 8*li, li = (ch*2 + type)*NB + bank (type 0 read, 1 write):
+                                0 head, 1 tail, 2 queued entries hitting the open row,
+                                3 the oldest of them (-1), 4 its predecessor in the list (-1),
+                                5 its age. Only a bank's oldest hit ever retires (FR-FCFS) and
+                                an ACT recounts, so 3-5 stay exact without walking the list.
+    bank         o_bk + 8*(ch*NB + bank): 0-4 earliest cycle per command, 5 open row (-1),
+                                6 kind of the next column access (0 hit, 1 miss, 2 conflict),
+                                7 the last PRE closed a row for a conflict.
+    bank group   o_bg + 8*(ch*NBG + g): 0-4 earliest cycle per command.
+    channel      o_chn + 24*ch: 0-4 earliest cycle per command, 5 mode (0 reads, 1 write
+                                drain), 6 refresh pending, 7 refresh due, 8 a bank open since,
+                                9 age counter, 10 next cycle of interest, 11 idle, 12 open-bank
+                                mask, 13/14 queued reads/writes, 15/16 free-stack tops, 17/18
+                                banks with queued reads/writes, 19/20 banks with row-hitting
+                                reads/writes.
+    window       o_win + (w*n_ch + ch)*(W+1): the last W counted command cycles, then the
+                                ring position.
+    counters     o_cnt + 16*ch + k (DRAM_COUNTERS).
+    globals      o_glob: 0 done-FIFO head, 1 tail (counts), 2 commands issued, 3 tail index.
+    requests     o_comp + req: completion cycle; o_enq + req: accepted at; o_done: the FIFO.
+    trace        o_trace + 7*k: one command.
+``T.tab``: lat[level, before, after] at (level*5 + before)*5 + after (-2**40: none); at 75 +
+level*5 + before, the bitmask of ``after`` commands with a constraint (so an issue touches only
+those); at 90 + before*5 + after, the largest distance over the levels; then the window rows
+at o_win + r*n_win + w (r: 0 before mask, 1 after mask, 2 count, 3 cycles), then the mapping
+pieces at o_mp + r*n_piece + k (r: 0 field (0 ch 1 bg 2 ba 3 row 4 col), 1 radix,
+2 log2(radix) or -1, 3 weight; least significant piece first).
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+# =================================================================================================
+# DRAM
+# =================================================================================================
+
+DRAM_NEVER = 1 << 62
+"""``dram_service`` result for a channel with nothing to do (the same literal is used inside)."""
+
+DRAM_COMMANDS = ("ACT", "PRE", "RD", "WR", "REF")
+
+DRAM_COUNTERS = ("ACT", "PRE", "RD", "WR", "REF", "row_hits", "row_misses", "row_conflicts",
+                 "bytes_read", "bytes_written", "busy_cycles", "active_cycles", "reads_done",
+                 "writes_done", "pre_refresh", "pre_closed_page")
+
+DramTables = namedtuple("DramTables", [
+    "n_ch",          # channels in the system
+    "n_bg",          # bank groups per channel
+    "n_bpg",         # banks per bank group (a power of two)
+    "bpg_shift",     # log2(n_bpg)
+    "n_banks",       # banks per channel (<= 63)
+    "gran_bytes",    # bytes per column command (a power of two)
+    "gran_shift",    # log2(gran_bytes)
+    "columns",       # granules per row
+    "chunk_bytes",   # aligned bytes the mapping keeps in one channel, bank and row
+    "rq_cap",        # read-queue entries per channel
+    "wq_cap",        # write-queue entries per channel
+    "wq_hi",         # start draining writes at this many queued writes
+    "wq_lo",         # stop draining (if reads wait) at this many
+    "closed_page",   # 1: precharge a bank once no queued request hits its row
+    "nBL",           # data-bus cycles per burst
+    "rd_lat",        # nCL + nBL: read issue to data returned
+    "wr_lat",        # nCWL + nBL: write issue to data written
+    "nREFI",         # refresh interval, cycles
+    "exact_next",    # 1: find the next cycle by a second scan, not the lower bound (tests)
+    "n_win",         # window constraint rows (tFAW)
+    "n_piece",       # address-mapping pieces
+    "o_win",         # offset of the window rows in tab
+    "o_mp",          # offset of the mapping pieces in tab
+    "tab",           # int64[]: constraint and mapping tables (module doc)
+])
+
+DramState = namedtuple("DramState", [
+    "buf",           # int64[]: all mutable state (module doc)
+    "n_ent", "win_w", "o_ent", "o_free", "o_bl", "o_bk", "o_bg", "o_chn", "o_win", "o_cnt",
+    "o_glob", "o_comp", "o_enq", "o_done", "req_cap", "o_trace", "trace_cap",
+])
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def dram_map(T, addr):
+    """Byte address -> (channel, bank group, bank in group, row, column granule)."""
+    tab = T.tab
+    o = T.o_mp
+    n = T.n_piece
+    a = addr >> T.gran_shift
+    ch = 0
+    bg = 0
+    ba = 0
+    row = 0
+    col = 0
+    for k in range(n):
+        r = tab[o + n + k]
+        s = tab[o + 2 * n + k]
+        if s >= 0:
+            d = a & (r - 1)
+            a = a >> s
+        else:
+            d = a % r
+            a = a // r
+        v = d * tab[o + 3 * n + k]
+        f = tab[o + k]
+        if f == 0:
+            ch += v
+        elif f == 1:
+            bg += v
+        elif f == 2:
+            ba += v
+        elif f == 3:
+            row += v
+        else:
+            col += v
+    return ch, bg, ba, row, col
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_channel(T, addr):
+    """The channel a byte address maps to."""
+    return dram_map(T, addr)[0]
+
+
+@njit(cache=True, error_model="numpy")
+def dram_map_many(T, addr):
+    """Channel of every address in an int64 array."""
+    out = np.empty(addr.shape[0], dtype=np.int64)
+    for i in range(addr.shape[0]):
+        out[i] = dram_map(T, addr[i])[0]
+    return out
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_completion(S, req):
+    """Completion cycle of request ``req`` (-1 while unknown)."""
+    return S.buf[S.o_comp + req]
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_enqueue_cycle(S, req):
+    """Cycle at which request ``req`` was accepted (-1 if never)."""
+    return S.buf[S.o_enq + req]
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_counter(S, ch, k):
+    """Counter ``k`` (DRAM_COUNTERS order) of channel ``ch``."""
+    return S.buf[S.o_cnt + 16 * ch + k]
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_commands_issued(S):
+    """Commands issued so far (the trace holds the first ``S.trace_cap``)."""
+    return S.buf[S.o_glob + 2]
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_win_ready(T, S, ch, cmd):
+    """Earliest cycle for ``cmd`` under the window rows (tFAW): the oldest of the last ``count``
+    counted commands plus the window."""
+    tab = T.tab
+    buf = S.buf
+    nw = T.n_win
+    W1 = S.win_w + 1
+    r = -(1 << 40)
+    for w in range(nw):
+        if (tab[T.o_win + nw + w] >> cmd) & 1:
+            base = S.o_win + (w * T.n_ch + ch) * W1
+            v = buf[base + buf[base + W1 - 1]] + tab[T.o_win + 3 * nw + w]
+            if v > r:
+                r = v
+    return r
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_ready(T, S, ch, b, cmd):
+    """Earliest legal cycle for ``cmd`` to bank ``b`` (flat, in channel ``ch``)."""
+    buf = S.buf
+    r = buf[S.o_chn + 24 * ch + cmd]
+    v = buf[S.o_bg + 8 * (ch * T.n_bg + (b >> T.bpg_shift)) + cmd]
+    if v > r:
+        r = v
+    v = buf[S.o_bk + 8 * (ch * T.n_banks + b) + cmd]
+    if v > r:
+        r = v
+    v = _dram_win_ready(T, S, ch, cmd)
+    if v > r:
+        r = v
+    return r
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_ref_ready(T, S, ch):
+    """Earliest legal cycle for an all-bank REF: every level instance in the channel counts."""
+    buf = S.buf
+    r = max(buf[S.o_chn + 24 * ch + 4], _dram_win_ready(T, S, ch, 4))
+    for k in range(ch * T.n_bg, (ch + 1) * T.n_bg):
+        if buf[S.o_bg + 8 * k + 4] > r:
+            r = buf[S.o_bg + 8 * k + 4]
+    for k in range(ch * T.n_banks, (ch + 1) * T.n_banks):
+        if buf[S.o_bk + 8 * k + 4] > r:
+            r = buf[S.o_bk + 8 * k + 4]
+    return r
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_issue(T, S, ch, b, cmd, t, row, col):
+    """Record command ``cmd`` at cycle ``t`` (bank ``b`` flat, -1 for REF): raise the earliest
+    cycle of every command at each level, the window history, counters and the trace."""
+    buf = S.buf
+    tab = T.tab
+    c0 = S.o_chn + 24 * ch
+    for f in range(5):
+        v = t + tab[cmd * 5 + f]                        # level 0: channel
+        if v > buf[c0 + f]:
+            buf[c0 + f] = v
+    g = -1
+    if b >= 0:
+        g = b >> T.bpg_shift
+        g0 = S.o_bg + 8 * (ch * T.n_bg + g)
+        k0 = S.o_bk + 8 * (ch * T.n_banks + b)
+        m = tab[80 + cmd]                               # level 1: bank group
+        while m != 0:
+            f = trailing_zeros(m)
+            m &= m - 1
+            v = t + tab[25 + cmd * 5 + f]
+            if v > buf[g0 + f]:
+                buf[g0 + f] = v
+        m = tab[85 + cmd]                               # level 2: bank
+        while m != 0:
+            f = trailing_zeros(m)
+            m &= m - 1
+            v = t + tab[50 + cmd * 5 + f]
+            if v > buf[k0 + f]:
+                buf[k0 + f] = v
+    else:
+        # a channel-wide command (REF) constrains every bank group and bank of the channel
+        for g1 in range(ch * T.n_bg, (ch + 1) * T.n_bg):
+            for f in range(5):
+                v = t + tab[25 + cmd * 5 + f]
+                if v > buf[S.o_bg + 8 * g1 + f]:
+                    buf[S.o_bg + 8 * g1 + f] = v
+        for k in range(ch * T.n_banks, (ch + 1) * T.n_banks):
+            for f in range(5):
+                v = t + tab[50 + cmd * 5 + f]
+                if v > buf[S.o_bk + 8 * k + f]:
+                    buf[S.o_bk + 8 * k + f] = v
+    nw = T.n_win
+    W1 = S.win_w + 1
+    for w in range(nw):
+        if (tab[T.o_win + w] >> cmd) & 1:
+            base = S.o_win + (w * T.n_ch + ch) * W1
+            p = buf[base + W1 - 1]
+            buf[base + p] = t
+            p += 1
+            if p == tab[T.o_win + 2 * nw + w]:
+                p = 0
+            buf[base + W1 - 1] = p
+    buf[S.o_cnt + 16 * ch + cmd] += 1
+    n = buf[S.o_glob + 2]
+    if n < S.trace_cap:
+        o = S.o_trace + 7 * n
+        buf[o] = t
+        buf[o + 1] = ch
+        buf[o + 2] = g
+        buf[o + 3] = b - (g << T.bpg_shift) if b >= 0 else -1
+        buf[o + 4] = row
+        buf[o + 5] = col
+        buf[o + 6] = cmd
+    buf[S.o_glob + 2] = n + 1
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_count_hits(T, S, ch, typ, b, row):
+    """Queued entries of ``typ`` in bank ``b`` whose row is ``row``; sets the hit bit."""
+    buf = S.buf
+    lo = S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b)
+    n = 0
+    first = -1
+    first_prev = -1
+    prev = -1
+    e = buf[lo]
+    while e >= 0:
+        if buf[S.o_ent + 8 * e + 2] == row:
+            if n == 0:
+                first = e
+                first_prev = prev
+            n += 1
+        prev = e
+        e = buf[S.o_ent + 8 * e + 6]
+    buf[lo + 2] = n
+    buf[lo + 3] = first
+    buf[lo + 4] = first_prev
+    if first >= 0:
+        buf[lo + 5] = buf[S.o_ent + 8 * first + 5]
+    c0 = S.o_chn + 24 * ch
+    if n > 0:
+        buf[c0 + 19 + typ] |= 1 << b
+    else:
+        buf[c0 + 19 + typ] &= ~(1 << b)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_activate(T, S, ch, b, row, t):
+    buf = S.buf
+    _dram_issue(T, S, ch, b, 0, t, row, -1)
+    k0 = S.o_bk + 8 * (ch * T.n_banks + b)
+    buf[k0 + 5] = row
+    buf[k0 + 6] = 1 + buf[k0 + 7]                       # next access: 1 miss, 2 conflict
+    buf[k0 + 7] = 0
+    _dram_count_hits(T, S, ch, 0, b, row)
+    _dram_count_hits(T, S, ch, 1, b, row)
+    c0 = S.o_chn + 24 * ch
+    if buf[c0 + 12] == 0:
+        buf[c0 + 8] = t
+    buf[c0 + 12] |= 1 << b
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_precharge(T, S, ch, b, t, kind):
+    """kind 0: row conflict, 1: refresh, 2: closed-page policy."""
+    buf = S.buf
+    k0 = S.o_bk + 8 * (ch * T.n_banks + b)
+    _dram_issue(T, S, ch, b, 1, t, buf[k0 + 5], -1)
+    buf[k0 + 5] = -1
+    buf[k0 + 7] = 1 if kind == 0 else 0
+    c0 = S.o_chn + 24 * ch
+    for typ in range(2):
+        buf[S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b) + 2] = 0
+        buf[S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b) + 3] = -1
+        buf[c0 + 19 + typ] &= ~(1 << b)
+    buf[c0 + 12] &= ~(1 << b)
+    n0 = S.o_cnt + 16 * ch
+    if buf[c0 + 12] == 0:
+        buf[n0 + 11] += t - buf[c0 + 8]                 # active_cycles
+    if kind == 1:
+        buf[n0 + 14] += 1                               # pre_refresh
+    elif kind == 2:
+        buf[n0 + 15] += 1                               # pre_closed_page
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_refresh_step(T, S, ch, t):
+    """Refresh is due: precharge open banks (one per cycle, earliest-ready first), then REF.
+    Returns the next cycle, or -1 after issuing REF (normal scheduling continues at ``t``)."""
+    never = 1 << 62
+    buf = S.buf
+    c0 = S.o_chn + 24 * ch
+    if buf[c0 + 12] != 0:
+        best_b = -1
+        best_r = never
+        b = 0
+        m = buf[c0 + 12]
+        while m != 0:
+            if m & 1:
+                r = _dram_ready(T, S, ch, b, 1)
+                if r < best_r:
+                    best_r = r
+                    best_b = b
+            m >>= 1
+            b += 1
+        if best_r > t:
+            return best_r
+        _dram_precharge(T, S, ch, best_b, t, 1)
+        if buf[c0 + 12] == 0:
+            return max(_dram_ref_ready(T, S, ch), t + 1)
+        best_r = never
+        b = 0
+        m = buf[c0 + 12]
+        while m != 0:
+            if m & 1:
+                r = _dram_ready(T, S, ch, b, 1)
+                if r < best_r:
+                    best_r = r
+            m >>= 1
+            b += 1
+        return max(best_r, t + 1)
+    r = _dram_ref_ready(T, S, ch)
+    if r > t:
+        return r
+    _dram_issue(T, S, ch, -1, 4, t, -1, -1)
+    buf[c0 + 7] += T.nREFI
+    buf[c0 + 6] = 0
+    return -1
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def _dram_mode_flips(T, S, ch):
+    """Whether the read/write mode changes at the channel's next step: reads switch to writes
+    when the write queue reaches its high watermark or no read waits; writes switch back when
+    the write queue is empty, or down to its low watermark with reads waiting."""
+    c0 = S.o_chn + 24 * ch
+    nr = S.buf[c0 + 13]
+    nw = S.buf[c0 + 14]
+    if S.buf[c0 + 5] == 0:
+        return nw >= T.wq_hi or (nr == 0 and nw > 0)
+    return nw == 0 or (nr > 0 and nw <= T.wq_lo)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def _dram_step(T, S, ch, t):
+    """Everything channel ``ch`` can do at cycle ``t``; returns its next cycle of interest
+    (for an idle channel, the next refresh), also kept at channel field 10.
+
+    FR-FCFS: among queued requests of the current type (reads, or writes while draining), the
+    oldest whose bank has its row open and whose column command is legal at ``t`` goes first;
+    on the row bus (or the same bus, when there is one), the oldest legal ACT (bank closed) or
+    PRE (another row open, no queued hit) for a queued request; closed-page, then a PRE for an
+    open bank that no queued request hits. The scan and the column command are written out
+    here rather than called (module doc: the hot path).
+
+    The next cycle after issuing is a lower bound, not a second scan: for each kind of
+    candidate, the earliest cycle the scan saw (t itself if another one was ready), raised by
+    the channel-level distance from the commands just issued, and for the banks the issue
+    itself changed, the distance from that command at all levels. Constraints only ever
+    move later, so the bound is never late; when it is early the next call finds nothing to
+    do and returns the exact cycle. ``T.exact_next = 1`` scans again instead (a test checks
+    both give the same commands)."""
+    never = 1 << 62
+    buf = S.buf
+    tab = T.tab
+    NB = T.n_banks
+    c0 = S.o_chn + 24 * ch
+    if buf[c0 + 6] == 0 and t >= buf[c0 + 7]:
+        buf[c0 + 6] = 1
+    if buf[c0 + 6] == 1:
+        tn = _dram_refresh_step(T, S, ch, t)
+        if tn >= 0:
+            buf[c0 + 10] = tn
+            return tn
+    # write drain between watermarks
+    if _dram_mode_flips(T, S, ch):
+        buf[c0 + 5] = 1 - buf[c0 + 5]
+    typ = buf[c0 + 5]
+    C = 2 + typ
+    lb = S.o_bl + 8 * (ch * 2 + typ) * NB               # this type's bank lists
+    kb0 = S.o_bk + 8 * ch * NB
+    kg0 = S.o_bg + 8 * ch * T.n_bg
+    oe = S.o_ent
+    sh = T.bpg_shift
+    nwin = T.n_win
+    W1 = S.win_w + 1
+    tn = never
+    for _ in range(4):
+        # ---- scan. Window readiness (tFAW) once per scan.
+        okC = buf[c0 + C]
+        okA = buf[c0]
+        okP = buf[c0 + 1]
+        for w in range(nwin):
+            base = S.o_win + (w * T.n_ch + ch) * W1
+            v = buf[base + buf[base + W1 - 1]] + tab[T.o_win + 3 * nwin + w]
+            after = tab[T.o_win + nwin + w]
+            if (after >> C) & 1 and v > okC:
+                okC = v
+            if after & 1 and v > okA:
+                okA = v
+            if (after >> 1) & 1 and v > okP:
+                okP = v
+        hits = buf[c0 + 19 + typ]
+        # column candidates: the oldest row-hitting entry of each bank with a hit
+        col_e = -1
+        col_prev = -1
+        col_b = -1
+        best = never
+        n_col = 0                                       # ready at t
+        min_col = never                                 # earliest of those not ready
+        m = hits
+        while m != 0:
+            b = trailing_zeros(m)
+            m &= m - 1
+            r = max(okC, max(buf[kg0 + 8 * (b >> sh) + C], buf[kb0 + 8 * b + C]))
+            if r <= t:
+                n_col += 1
+                s = buf[lb + 8 * b + 5]                 # age of the bank's oldest hit
+                if s < best:
+                    best = s
+                    col_b = b
+            elif r < min_col:
+                min_col = r
+        if col_b >= 0:
+            col_e = buf[lb + 8 * col_b + 3]
+            col_prev = buf[lb + 8 * col_b + 4]
+        # row candidates: banks with queued entries and no hit need an ACT or a PRE
+        row_b = -1
+        row_cmd = -1
+        row_kind = 0
+        best = never
+        n_act = 0
+        min_act = never
+        n_pre = 0
+        min_pre = never
+        m = buf[c0 + 17 + typ] & ~hits
+        while m != 0:
+            b = trailing_zeros(m)
+            m &= m - 1
+            if buf[kb0 + 8 * b + 5] < 0:
+                cmd = 0
+                r = okA
+            else:
+                cmd = 1
+                r = okP
+            v = buf[kg0 + 8 * (b >> sh) + cmd]
+            if v > r:
+                r = v
+            v = buf[kb0 + 8 * b + cmd]
+            if v > r:
+                r = v
+            if r <= t:
+                if cmd == 0:
+                    n_act += 1
+                else:
+                    n_pre += 1
+                s = buf[oe + 8 * buf[lb + 8 * b] + 5]
+                if s < best:
+                    best = s
+                    row_b = b
+                    row_cmd = cmd
+            elif cmd == 0:
+                if r < min_act:
+                    min_act = r
+            elif r < min_pre:
+                min_pre = r
+        if T.closed_page == 1:
+            m = buf[c0 + 12] & ~(buf[c0 + 19] | buf[c0 + 20]) & ~buf[c0 + 17 + typ]
+            while m != 0:
+                b = trailing_zeros(m)
+                m &= m - 1
+                r = okP
+                v = buf[kg0 + 8 * (b >> sh) + 1]
+                if v > r:
+                    r = v
+                v = buf[kb0 + 8 * b + 1]
+                if v > r:
+                    r = v
+                if r <= t:
+                    n_pre += 1
+                    if row_b < 0:
+                        row_b = b
+                        row_cmd = 1
+                        row_kind = 2
+                elif r < min_pre:
+                    min_pre = r
+        tn = min(min_col, min_act, min_pre)
+        if col_e < 0 and row_b < 0:
+            break
+        bound = never                                   # candidates the issue creates
+        kC = -(1 << 40)                                 # channel distance from what issued
+        kA = -(1 << 40)
+        kP = -(1 << 40)
+        # ---- the column command (a row hit); retire the request after its last burst
+        if col_e >= 0:
+            n_col -= 1
+            b = col_b
+            k0 = kb0 + 8 * b
+            e0 = oe + 8 * col_e
+            # the command's constraints (as _dram_issue does; written out: the hot path)
+            g0 = kg0 + 8 * (b >> sh)
+            m = tab[75 + C]
+            while m != 0:
+                f = trailing_zeros(m)
+                m &= m - 1
+                v = t + tab[C * 5 + f]
+                if v > buf[c0 + f]:
+                    buf[c0 + f] = v
+            m = tab[80 + C]
+            while m != 0:
+                f = trailing_zeros(m)
+                m &= m - 1
+                v = t + tab[25 + C * 5 + f]
+                if v > buf[g0 + f]:
+                    buf[g0 + f] = v
+            m = tab[85 + C]
+            while m != 0:
+                f = trailing_zeros(m)
+                m &= m - 1
+                v = t + tab[50 + C * 5 + f]
+                if v > buf[k0 + f]:
+                    buf[k0 + f] = v
+            for w in range(nwin):
+                if (tab[T.o_win + w] >> C) & 1:
+                    base = S.o_win + (w * T.n_ch + ch) * W1
+                    p = buf[base + W1 - 1]
+                    buf[base + p] = t
+                    p += 1
+                    if p == tab[T.o_win + 2 * nwin + w]:
+                        p = 0
+                    buf[base + W1 - 1] = p
+            n0 = S.o_cnt + 16 * ch
+            buf[n0 + C] += 1
+            nt = buf[S.o_glob + 2]
+            if nt < S.trace_cap:
+                o = S.o_trace + 7 * nt
+                buf[o] = t
+                buf[o + 1] = ch
+                buf[o + 2] = b >> sh
+                buf[o + 3] = b - ((b >> sh) << sh)
+                buf[o + 4] = buf[k0 + 5]
+                buf[o + 5] = buf[e0 + 3]
+                buf[o + 6] = C
+            buf[S.o_glob + 2] = nt + 1
+            buf[n0 + 5 + buf[k0 + 6]] += 1              # row_hits / misses / conflicts
+            buf[k0 + 6] = 0
+            c = buf[e0 + 3] + 1
+            if c == T.columns:
+                c = 0
+            buf[e0 + 3] = c
+            buf[e0 + 4] -= 1
+            if buf[e0 + 4] == 0:
+                lo = lb + 8 * b
+                nxt = buf[e0 + 6]
+                if col_prev < 0:
+                    buf[lo] = nxt
+                else:
+                    buf[oe + 8 * col_prev + 6] = nxt
+                if buf[lo + 1] == col_e:
+                    buf[lo + 1] = col_prev
+                if buf[lo] < 0:
+                    buf[c0 + 17 + typ] &= ~(1 << b)
+                buf[lo + 2] -= 1
+                if buf[lo + 2] == 0:
+                    buf[c0 + 19 + typ] &= ~(1 << b)
+                    buf[lo + 3] = -1
+                else:
+                    # the next oldest hit: walk on from the retired entry's successor
+                    row = buf[k0 + 5]
+                    p = col_prev
+                    x = nxt
+                    while buf[oe + 8 * x + 2] != row:
+                        p = x
+                        x = buf[oe + 8 * x + 6]
+                    buf[lo + 3] = x
+                    buf[lo + 4] = p
+                    buf[lo + 5] = buf[oe + 8 * x + 5]
+                fb = S.o_free + ch * (T.rq_cap + T.wq_cap) + (T.rq_cap if typ == 1 else 0)
+                buf[fb + buf[c0 + 15 + typ]] = col_e
+                buf[c0 + 15 + typ] += 1
+                buf[c0 + 13 + typ] -= 1
+                req = buf[e0]
+                if typ == 0:
+                    buf[S.o_comp + req] = t + T.rd_lat
+                    buf[n0 + 8] += buf[e0 + 7]          # bytes_read
+                    buf[n0 + 12] += 1                   # reads_done
+                else:
+                    buf[S.o_comp + req] = t + T.wr_lat
+                    buf[n0 + 9] += buf[e0 + 7]          # bytes_written
+                    buf[n0 + 13] += 1                   # writes_done
+                g2 = S.o_glob
+                k = buf[g2 + 3]                         # FIFO tail index (wraps)
+                buf[S.o_done + k] = req
+                k += 1
+                buf[g2 + 3] = 0 if k == S.req_cap else k
+                buf[g2 + 1] += 1
+            # the same bank next: another column command, or a PRE (conflict, closed page)
+            if (buf[c0 + 19 + typ] >> b) & 1:
+                bound = min(bound, t + tab[90 + C * 5 + C])
+            else:
+                bound = min(bound, t + tab[90 + C * 5 + 1])
+            kC = max(kC, t + tab[C * 5 + C])
+            kA = max(kA, t + tab[C * 5])
+            kP = max(kP, t + tab[C * 5 + 1])
+        # ---- the row command, if still legal after the column command
+        if row_b >= 0 and _dram_ready(T, S, ch, row_b, row_cmd) <= t:
+            if row_cmd == 0:
+                n_act -= 1
+                e = buf[lb + 8 * row_b]
+                _dram_activate(T, S, ch, row_b, buf[oe + 8 * e + 2], t)
+                bound = min(bound, t + tab[90 + C])
+                bound = min(bound, t + tab[91])
+            else:
+                n_pre -= 1
+                _dram_precharge(T, S, ch, row_b, t, row_kind)
+                bound = min(bound, t + tab[95])
+            kC = max(kC, t + tab[row_cmd * 5 + C])
+            kA = max(kA, t + tab[row_cmd * 5])
+            kP = max(kP, t + tab[row_cmd * 5 + 1])
+        # a retirement that flips the read/write mode makes the other queue's candidates count
+        if _dram_mode_flips(T, S, ch):
+            tn = t + 1
+            break
+        if T.exact_next == 1:
+            continue
+        # ---- lower bound of the next cycle (docstring)
+        tn = bound
+        v = max(t if n_col > 0 else min_col, kC)
+        if v < tn:
+            tn = v
+        v = max(t if n_act > 0 else min_act, kA)
+        if v < tn:
+            tn = v
+        v = max(t if n_pre > 0 else min_pre, kP)
+        if v < tn:
+            tn = v
+        if tn > t:
+            break
+    if buf[c0 + 7] < tn:
+        tn = buf[c0 + 7]
+    if tn <= t:
+        tn = t + 1
+    buf[c0 + 10] = tn
+    return tn
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_advance_idle(T, S, ch, until):
+    """An idle channel does what it would have done before cycle ``until``: what
+    ``_dram_step`` does with both queues empty, at each cycle it would have returned (refresh
+    when due, and the read/write mode update), without its scan (which finds nothing)."""
+    buf = S.buf
+    c0 = S.o_chn + 24 * ch
+    while buf[c0 + 10] < until:
+        t = buf[c0 + 10]
+        if buf[c0 + 6] == 0 and t >= buf[c0 + 7]:
+            buf[c0 + 6] = 1
+        if buf[c0 + 6] == 1:
+            tn = _dram_refresh_step(T, S, ch, t)
+            if tn >= 0:
+                buf[c0 + 10] = tn
+                continue
+        if _dram_mode_flips(T, S, ch):
+            buf[c0 + 5] = 1 - buf[c0 + 5]
+        buf[c0 + 10] = max(buf[c0 + 7], t + 1)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def dram_enqueue(T, S, req, addr, nbytes, is_write, now):
+    """Offer a request; False when the channel's queue for its type is full (see module doc)."""
+    return _dram_enqueue(T, S, req, addr, nbytes, is_write, now) >= 0
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def _dram_enqueue(T, S, req, addr, nbytes, is_write, now):
+    """dram_enqueue; returns the queue entry used, or -1 when the queue is full."""
+    buf = S.buf
+    ch, bg, ba, row, col = dram_map(T, addr)
+    typ = 1 if is_write else 0
+    c0 = S.o_chn + 24 * ch
+    cap = T.wq_cap if typ == 1 else T.rq_cap
+    if buf[c0 + 13 + typ] >= cap:
+        return -1
+    if buf[c0 + 11] == 1:
+        _dram_advance_idle(T, S, ch, now)
+        buf[c0 + 11] = 0
+    b = (bg << T.bpg_shift) + ba
+    fb = S.o_free + ch * (T.rq_cap + T.wq_cap) + (T.rq_cap if typ == 1 else 0)
+    buf[c0 + 15 + typ] -= 1
+    e = buf[fb + buf[c0 + 15 + typ]]
+    buf[c0 + 13 + typ] += 1
+    e0 = S.o_ent + 8 * e
+    buf[e0] = req
+    buf[e0 + 1] = b
+    buf[e0 + 2] = row
+    buf[e0 + 3] = col
+    buf[e0 + 4] = ((addr & (T.gran_bytes - 1)) + nbytes + T.gran_bytes - 1) >> T.gran_shift
+    buf[e0 + 5] = buf[c0 + 9]
+    buf[c0 + 9] += 1
+    buf[e0 + 6] = -1
+    buf[e0 + 7] = nbytes
+    lo = S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b)
+    tail = buf[lo + 1]
+    if buf[lo] < 0:
+        buf[lo] = e
+        tail = -1
+    else:
+        buf[S.o_ent + 8 * tail + 6] = e
+    buf[lo + 1] = e
+    buf[c0 + 17 + typ] |= 1 << b
+    if buf[S.o_bk + 8 * (ch * T.n_banks + b) + 5] == row:
+        if buf[lo + 2] == 0:
+            buf[lo + 3] = e
+            buf[lo + 4] = tail
+            buf[lo + 5] = buf[e0 + 5]
+        buf[lo + 2] += 1
+        buf[c0 + 19 + typ] |= 1 << b
+    buf[S.o_enq + req] = now
+    buf[S.o_comp + req] = -1
+    return e
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def _dram_entry_ready(T, S, ch, e):
+    """Earliest cycle queue entry ``e`` could have its first command issued: its bank's
+    readiness for the column command (row open), ACT (closed) or PRE (another row open).
+    A lower bound: the scheduler may still pick other requests first."""
+    buf = S.buf
+    b = buf[S.o_ent + 8 * e + 1]
+    open_row = buf[S.o_bk + 8 * (ch * T.n_banks + b) + 5]
+    if open_row == buf[S.o_ent + 8 * e + 2]:
+        cmd = 2 + (1 if e - ch * (T.rq_cap + T.wq_cap) >= T.rq_cap else 0)
+    elif open_row < 0:
+        cmd = 0
+    else:
+        cmd = 1
+    r = max(buf[S.o_chn + 24 * ch + cmd],
+            max(buf[S.o_bg + 8 * (ch * T.n_bg + (b >> T.bpg_shift)) + cmd],
+                buf[S.o_bk + 8 * (ch * T.n_banks + b) + cmd]))
+    return max(r, _dram_win_ready(T, S, ch, cmd))
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
+def dram_service(T, S, ch, now):
+    """Do what channel ``ch`` can do at cycle ``now``; next cycle or DRAM_NEVER (module doc)."""
+    buf = S.buf
+    c0 = S.o_chn + 24 * ch
+    if buf[c0 + 11] == 1:
+        _dram_advance_idle(T, S, ch, now)
+        return 1 << 62
+    tn = _dram_step(T, S, ch, now)
+    if (buf[c0 + 13] + buf[c0 + 14] == 0 and buf[c0 + 6] == 0
+            and (T.closed_page == 0 or buf[c0 + 12] == 0)):
+        buf[c0 + 11] = 1
+        return 1 << 62
+    return tn
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_pop_done(S):
+    """Next finished request id from the done FIFO, or -1 when it is empty."""
+    buf = S.buf
+    h = buf[S.o_glob]
+    if h == buf[S.o_glob + 1]:
+        return -1
+    buf[S.o_glob] = h + 1
+    return buf[S.o_done + h % S.req_cap]          # rare: once per request, by the caller
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_finish(T, S, end):
+    """Refresh idle channels up to ``end`` (inclusive) and close the active-cycle counts."""
+    buf = S.buf
+    for ch in range(T.n_ch):
+        c0 = S.o_chn + 24 * ch
+        if buf[c0 + 11] == 1:
+            _dram_advance_idle(T, S, ch, end + 1)
+        if buf[c0 + 12] != 0 and end > buf[c0 + 8]:
+            buf[S.o_cnt + 16 * ch + 11] += end - buf[c0 + 8]
+            buf[c0 + 8] = end
+        n0 = S.o_cnt + 16 * ch
+        buf[n0 + 10] = (buf[n0 + 2] + buf[n0 + 3]) * T.nBL   # busy_cycles
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def dram_run(T, S, addr, nbytes, is_write, arrival, ch_start, ch_end):
+    """The standalone driver (module doc). Returns the number of service calls made;
+    finishes with ``dram_finish`` at the last completion.
+
+    With one in-order injector per channel, channels never interact, so the driver runs them
+    one after another: channel c's whole run, then channel c + 1's. Every command, cycle and
+    completion is what an interleaved run gives; only the trace comes out grouped by
+    channel, and one channel's state stays in cache."""
+    never = 1 << 62
+    events = 0
+    for c in range(T.n_ch):
+        p = ch_start[c]
+        end = ch_end[c]
+        if p == end:
+            continue
+        c0 = S.o_chn + 24 * c
+        t = arrival[p]
+        while True:
+            while p < end:
+                if arrival[p] > t:
+                    break
+                w = 1 if is_write[p] else 0
+                if S.buf[c0 + 13 + w] >= (T.wq_cap if w == 1 else T.rq_cap):
+                    break                               # full: retry when a slot frees
+                dram_enqueue(T, S, p, addr[p], nbytes[p], is_write[p], t)
+                p += 1
+            nxt = dram_service(T, S, c, t)
+            events += 1
+            # requests refused earlier take the slots this call freed; first considered at t+1
+            while p < end:
+                if arrival[p] > t:
+                    break
+                w = 1 if is_write[p] else 0
+                if S.buf[c0 + 13 + w] >= (T.wq_cap if w == 1 else T.rq_cap):
+                    break
+                e = _dram_enqueue(T, S, p, addr[p], nbytes[p], is_write[p], t)
+                r = max(_dram_entry_ready(T, S, c, e), t + 1)
+                if r < nxt:
+                    nxt = r
+                p += 1
+            if nxt > t + 1 and _dram_mode_flips(T, S, c):
+                nxt = t + 1                             # the new requests flip the mode
+            if p < end:
+                a = arrival[p]
+                if t < a < nxt:
+                    nxt = a
+            if nxt == never:
+                break
+            t = nxt
+    last = 0
+    for i in range(addr.shape[0]):
+        v = S.buf[S.o_comp + i]
+        if v > last:
+            last = v
+    dram_finish(T, S, last)
+    return events
+
 
 INF = np.int64(2**62)
 
