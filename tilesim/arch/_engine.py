@@ -1156,3 +1156,844 @@ def noc_run_traffic(src, dst, flits, t_create, next_link, link_dst, n_links, n_n
         else:
             h = heap_push(h, tt, p * 1048576 + nn)
     return t_done, link_flits
+
+
+# ============================================================================================
+# SRAM: streams share the banks of their core max-min fairly (sram.py has the model).
+# Stream arrays (pool, index s): st_core, st_next (per-core active list), st_rem (bytes left),
+# st_nom (nominal bytes/cycle), st_rate, st_t (time of last update), st_mask (uint64 banks),
+# st_ver (version for lazy deletion of finish events), st_owner (payload to run at the end).
+# ============================================================================================
+
+
+@njit(cache=True)
+def _popcount(x):
+    n = 0
+    while x:
+        x &= x - np.uint64(1)
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scratch):
+    """Progressive filling over the streams of one core's active list starting at ``head``.
+
+    Every stream's rate rises together until its nominal rate or a saturated bank stops it.
+    ``scratch`` is a float64[2 * n_banks + streams] work array."""
+    load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
+    share = scratch[n_banks:2 * n_banks]
+    load[:] = 0.0
+    s = head
+    while s >= 0:
+        st_rate[s] = -1.0             # -1: not frozen yet
+        s = st_next[s]
+    while True:
+        share[:] = 0.0
+        any_open = False
+        s = head
+        while s >= 0:
+            if st_rate[s] < 0.0:
+                any_open = True
+                nb = _popcount(st_mask[s])
+                m = st_mask[s]
+                for b in range(n_banks):
+                    if (m >> np.uint64(b)) & np.uint64(1):
+                        share[b] += 1.0 / nb
+            s = st_next[s]
+        if not any_open:
+            return
+        level = 1e300
+        for b in range(n_banks):
+            if share[b] > 0.0:
+                lv = (cap - load[b]) / share[b]
+                if lv < level:
+                    level = lv
+        s = head
+        while s >= 0:
+            if st_rate[s] < 0.0 and st_nom[s] < level:
+                level = st_nom[s]
+            s = st_next[s]
+        if level < 1e-9:
+            level = 1e-9
+        # freeze streams held by their nominal rate or by a bank at the level
+        s = head
+        while s >= 0:
+            if st_rate[s] < 0.0:
+                freeze = st_nom[s] <= level * (1.0 + 1e-12)
+                if not freeze:
+                    m = st_mask[s]
+                    for b in range(n_banks):
+                        if (m >> np.uint64(b)) & np.uint64(1):
+                            if share[b] > 0.0 and (cap - load[b]) / share[b] <= level * (1.0 + 1e-12):
+                                freeze = True
+                                break
+                if freeze:
+                    st_rate[s] = level
+            s = st_next[s]
+        # account frozen streams' load
+        load[:] = 0.0
+        s = head
+        while s >= 0:
+            if st_rate[s] >= 0.0:
+                nb = _popcount(st_mask[s])
+                m = st_mask[s]
+                for b in range(n_banks):
+                    if (m >> np.uint64(b)) & np.uint64(1):
+                        load[b] += st_rate[s] / nb
+            s = st_next[s]
+
+
+@njit(cache=True)
+def sram_stream_start(core, nbytes, nominal, mask, owner, now, c_head, st, n_banks, cap,
+                      scratch):
+    """Start a stream on ``core``; returns its id. ``st`` is the stream pool tuple."""
+    (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
+    s = free[0]
+    if s < 0:
+        return -1
+    free[0] = st_next[s]
+    st_core[s], st_rem[s], st_nom[s], st_mask[s], st_owner[s] = core, nbytes, nominal, mask, owner
+    st_t[s] = now
+    st_ver[s] += 1
+    st_next[s] = c_head[core]
+    c_head[core] = s
+    return s
+
+
+@njit(cache=True)
+def sram_settle(core, now, c_head, st):
+    """Bring every stream of ``core`` up to ``now`` at its current rate."""
+    (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
+    s = c_head[core]
+    while s >= 0:
+        if st_t[s] < now:
+            st_rem[s] -= st_rate[s] * (now - st_t[s])
+            if st_rem[s] < 0.0:
+                st_rem[s] = 0.0
+            st_t[s] = now
+        s = st_next[s]
+
+
+@njit(cache=True)
+def sram_remove(core, s, c_head, st):
+    """Take stream ``s`` off its core's active list and return it to the pool."""
+    (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
+    prev = -1
+    cur = c_head[core]
+    while cur >= 0 and cur != s:
+        prev = cur
+        cur = st_next[cur]
+    if prev < 0:
+        c_head[core] = st_next[s]
+    else:
+        st_next[prev] = st_next[s]
+    st_ver[s] += 1
+    st_next[s] = free[0]
+    free[0] = s
+
+
+# ============================================================================================
+# Chip event loop
+# ============================================================================================
+
+# event kinds (low 4 bits of a payload)
+EV_TRY = 0       # engine g: try to begin its head instruction
+EV_DONE = 1      # instruction i finishes (matrix drain / vector latency over)
+EV_STREAM = 2    # SRAM stream s (version in the high bits) may be finished
+EV_HOP = 3       # packet p's head reaches its next router
+EV_ARRIVE = 4    # packet p's tail is delivered
+EV_DRAM = 5      # memory channel ch needs service
+EV_DMA = 6       # DMA engine g may issue its next request
+EV_REQ = 7       # request r's DRAM access has finished
+
+# engine states
+ENG_IDLE = 0
+ENG_WAIT_SEM = 1
+ENG_WAIT_RES = 2
+ENG_BUSY = 3
+ENG_DONE = 4
+
+# request kinds and stages
+RQ_LOAD = 0
+RQ_STORE = 1
+RQ_COPY = 2
+
+# error codes
+ERR_NONE = 0
+ERR_SRAM_RANGE = 1
+ERR_DRAM_RANGE = 2
+ERR_EVENTS = 3
+ERR_POOL = 4
+ERR_COPY_CORE = 5
+
+
+@njit(cache=True)
+def _ceil_div(a, b):
+    return -((-a) // b)
+
+
+@njit(cache=True)
+def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
+             dur_a, dur_b, s_read, s_write, s_mask, elem_bits,
+             prm, cap, core_node,
+             next_link, link_dst, n_links, n_nodes,
+             dram_T, dram_S, ch_node, max_events):
+    """Run a program to completion. Times are core cycles.
+
+    ``prm`` (int64): n_sems, max_outstanding, request_bytes, flit_bytes, weight_double_buffer,
+    n_banks, sram_size, dram_capacity, router_cycles, link_cycles, inject_cycles, core_fs,
+    dram_fs, n_channels, dma_engines, bank_width_bytes, dataflow (0 ws, 1 os, 2 is), rows,
+    request pool size, DRAM chunk bytes (a request never crosses one).
+
+    Returns (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes,
+    t_final, err, err_instr)."""
+    n_instr = instrs.shape[0]
+    n_eng = q_start.shape[0]
+    n_cores = core_node.shape[0]
+    n_sems = prm[0]
+    max_out = prm[1]
+    req_bytes = prm[2]
+    flit_bytes = prm[3]
+    db = prm[4] != 0
+    n_banks = prm[5]
+    sram_size = prm[6]
+    dram_cap = prm[7]
+    router_cycles = prm[8]
+    link_cycles = prm[9]
+    inject_cycles = prm[10]
+    core_fs = prm[11]
+    dram_fs = prm[12]
+    n_ch = prm[13]
+    has_dram = n_ch > 0
+    dataflow = prm[16]             # 0 ws, 1 os, 2 is
+    n_rows = prm[17]
+
+    t_issue = np.full(n_instr, -1, np.int64)
+    t_start = np.full(n_instr, -1, np.int64)
+    t_end = np.full(n_instr, -1, np.int64)
+    i_pending = np.zeros(n_instr, np.int64)
+    i_issued_all = np.zeros(n_instr, np.bool_)
+
+    # engines
+    pc = q_start.copy()
+    state = np.zeros(n_eng, np.int64)
+    w_next = np.full(n_eng, -1, np.int64)      # semaphore waiter lists
+    sem_head = np.full(max(n_sems, 1), -1, np.int64)
+    sem_cnt = np.zeros(max(n_sems, 1), np.int64)
+    m_ldw_busy = np.zeros(n_eng, np.bool_)
+    m_accept_end = np.full(n_eng, -INF, np.int64)   # when the last MM stopped accepting rows
+    m_stream_busy = np.zeros(n_eng, np.bool_)
+    m_mm_inflight = np.zeros(n_eng, np.int64)
+    d_instr = np.full(n_eng, -1, np.int64)
+    d_idx = np.zeros((n_eng, 4), np.int64)     # outer indices + element index
+    d_off = np.zeros(n_eng, np.int64)          # byte offset within the current run
+    d_out = np.zeros(n_eng, np.int64)
+    d_wait_slot = np.zeros(n_eng, np.bool_)
+
+    # requests
+    pool = prm[18]
+    chunk = prm[19]
+    r_g = np.zeros(pool, np.int64)
+    r_i = np.zeros(pool, np.int64)
+    r_kind = np.zeros(pool, np.int64)
+    r_stage = np.zeros(pool, np.int64)
+    r_dram = np.zeros(pool, np.int64)
+    r_bytes = np.zeros(pool, np.int64)
+    r_src_core = np.zeros(pool, np.int64)
+    r_dst_core = np.zeros(pool, np.int64)
+    r_sram_mask = np.zeros(pool, np.uint64)
+    r_dst_mask = np.zeros(pool, np.uint64)
+    r_next = np.arange(1, pool + 1, dtype=np.int64)
+    r_next[pool - 1] = -1
+    r_free = 0
+
+    # packets
+    ppool = 2 * pool + 16
+    p_dst = np.zeros(ppool, np.int64)
+    p_flits = np.zeros(ppool, np.int64)
+    p_node = np.zeros(ppool, np.int64)
+    p_req = np.zeros(ppool, np.int64)
+    p_next = np.arange(1, ppool + 1, dtype=np.int64)
+    p_next[ppool - 1] = -1
+    p_free = 0
+    link_free = np.zeros(n_links + 2 * n_nodes, np.int64)
+    link_flits = np.zeros(n_links + 2 * n_nodes, np.int64)
+
+    # SRAM streams
+    spool = 2 * pool + 2 * n_eng + 16
+    st_core = np.zeros(spool, np.int64)
+    st_next = np.arange(1, spool + 1, dtype=np.int64)
+    st_next[spool - 1] = -1
+    st = (st_core, st_next, np.zeros(spool), np.zeros(spool), np.zeros(spool),
+          np.zeros(spool, np.int64), np.zeros(spool, np.uint64), np.zeros(spool, np.int64),
+          np.zeros(spool, np.int64), np.zeros(1, np.int64))
+    st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, st_free = st[2:]
+    c_head = np.full(n_cores, -1, np.int64)
+    scratch = np.zeros(2 * max(n_banks, 1) + 8)
+    sram_rd = np.zeros(n_cores, np.int64)
+    sram_wr = np.zeros(n_cores, np.int64)
+
+    # memory channels
+    ch_next = np.full(max(n_ch, 1), INF, np.int64)    # DRAM cycle of next service
+    ch_evt = np.full(max(n_ch, 1), INF, np.int64)     # core time of the scheduled event
+    ovf = np.full((max(n_ch, 1), pool), -1, np.int64)  # requests waiting for a queue slot
+    ovf_h = np.zeros(max(n_ch, 1), np.int64)
+    ovf_n = np.zeros(max(n_ch, 1), np.int64)
+    req_count = np.zeros(3, np.int64)
+    dram_bytes = np.zeros(2, np.int64)                # read, write
+
+    h = heap_new(4096)
+    for g in range(n_eng):
+        h = heap_push(h, 0, EV_TRY + 16 * g)
+
+    err = ERR_NONE
+    err_instr = -1
+    t = 0
+    events = 0
+    while h[3][0] > 0:
+        events += 1
+        if events > max_events:
+            err = ERR_EVENTS
+            break
+        t, payload = heap_pop(h)
+        kind = payload & 15
+        obj = payload >> 4
+
+        if kind == EV_STREAM:
+            s = obj & 0xFFFFFFF
+            ver = obj >> 28
+            if st_ver[s] != ver:
+                continue
+            core = st_core[s]
+            sram_settle(core, t, c_head, st)
+            if st_rem[s] > 1e-6:
+                # rates changed since this finish time was set; a newer event is queued
+                continue
+            owner = st_owner[s]
+            sram_remove(core, s, c_head, st)
+            # re-balance the remaining streams of this core
+            if c_head[core] >= 0:
+                sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap,
+                                scratch)
+                x = c_head[core]
+                while x >= 0:
+                    st_ver[x] += 1
+                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
+                    x = st_next[x]
+            if owner >= 0:
+                # an instruction stream: owner = instruction index
+                i = owner
+                g = i_eng[i]
+                ek = eng_kind[g]
+                if ek == 0:
+                    if instrs[i].op == 20:        # LDW: weights are in
+                        m_ldw_busy[g] = False
+                    else:                         # MM: streaming over, drain remains
+                        m_stream_busy[g] = False
+                        m_accept_end[g] = t
+                        h = heap_push(h, t + dur_b[i], EV_DONE + 16 * i)
+                        if state[g] == ENG_WAIT_RES:
+                            state[g] = ENG_IDLE
+                            h = heap_push(h, t, EV_TRY + 16 * g)
+                        continue
+                else:
+                    h = heap_push(h, t + dur_b[i], EV_DONE + 16 * i)
+                    continue
+                # LDW finished
+                t_end[i] = t
+                for k in range(2):
+                    sm = instrs[i].signal_sem[k]
+                    if sm >= 0:
+                        sem_cnt[sm] += 1
+                        w = sem_head[sm]
+                        sem_head[sm] = -1
+                        while w >= 0:
+                            nw = w_next[w]
+                            w_next[w] = -1
+                            state[w] = ENG_IDLE
+                            h = heap_push(h, t, EV_TRY + 16 * w)
+                            w = nw
+                if state[g] == ENG_WAIT_RES:
+                    state[g] = ENG_IDLE
+                    h = heap_push(h, t, EV_TRY + 16 * g)
+                continue
+            # a request stream: owner = -(request + 1)
+            r = -owner - 1
+            kind = EV_REQ
+            obj = r
+            # fall through to request advance below
+
+        if kind == EV_TRY:
+            g = obj
+            if state[g] != ENG_IDLE:
+                continue
+            progressed = True
+            while progressed:
+                progressed = False
+                i = pc[g]
+                if i >= q_end[g]:
+                    state[g] = ENG_DONE
+                    break
+                if t_issue[i] < 0:
+                    t_issue[i] = t
+                blocked = -1
+                for k in range(2):
+                    sm = instrs[i].wait_sem[k]
+                    if sm >= 0 and sem_cnt[sm] < instrs[i].wait_count[k]:
+                        blocked = sm
+                        break
+                if blocked >= 0:
+                    state[g] = ENG_WAIT_SEM
+                    w_next[g] = sem_head[blocked]
+                    sem_head[blocked] = g
+                    break
+                op = instrs[i].op
+                ek = eng_kind[g]
+                core = eng_core[g]
+                if op == 0 or op == 1:            # NOP / HALT: done at once
+                    t_start[i] = t
+                    t_end[i] = t
+                    for k in range(2):
+                        sm = instrs[i].signal_sem[k]
+                        if sm >= 0:
+                            sem_cnt[sm] += 1
+                            w = sem_head[sm]
+                            sem_head[sm] = -1
+                            while w >= 0:
+                                nw = w_next[w]
+                                w_next[w] = -1
+                                state[w] = ENG_IDLE
+                                h = heap_push(h, t, EV_TRY + 16 * w)
+                                w = nw
+                    if op == 1:
+                        for j in range(i + 1, q_end[g]):
+                            t_issue[j] = t
+                            t_start[j] = t
+                            t_end[j] = t
+                        pc[g] = q_end[g]
+                    else:
+                        pc[g] = i + 1
+                    progressed = True
+                    continue
+                if ek == 0:                       # matrix engine
+                    if op == 20:                  # LDW
+                        # the previous tile must be in; exposed: the array must be empty
+                        if m_ldw_busy[g] or (not db and m_mm_inflight[g] > 0):
+                            state[g] = ENG_WAIT_RES
+                            break
+                        m_ldw_busy[g] = True
+                    else:                         # MM
+                        if m_ldw_busy[g] or m_stream_busy[g] or \
+                                (dataflow == 1 and not db and m_mm_inflight[g] > 0):
+                            state[g] = ENG_WAIT_RES
+                            break
+                        if dataflow == 1 and db:
+                            # os, overlapped: end at least R cycles after the previous end
+                            earliest = m_accept_end[g] + n_rows - dur_a[i]
+                            if earliest > t:
+                                h = heap_push(h, earliest, EV_TRY + 16 * g)
+                                break
+                        m_stream_busy[g] = True
+                        m_mm_inflight[g] += 1
+                    t_start[i] = t
+                    nb = s_read[i] + s_write[i]
+                    sram_rd[core] += s_read[i]
+                    sram_wr[core] += s_write[i]
+                    sram_settle(core, t, c_head, st)
+                    s = sram_stream_start(core, float(nb), nb / max(dur_a[i], 1), s_mask[i], i,
+                                          t, c_head, st, n_banks, cap, scratch)
+                    if s < 0:
+                        err = ERR_POOL
+                        err_instr = i
+                        break
+                    sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
+                                    cap, scratch)
+                    x = c_head[core]
+                    while x >= 0:
+                        st_ver[x] += 1
+                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
+                        x = st_next[x]
+                    pc[g] = i + 1
+                    progressed = True
+                    continue
+                if ek == 1:                       # vector engine: one VOP at a time
+                    t_start[i] = t
+                    nb = s_read[i] + s_write[i]
+                    sram_rd[core] += s_read[i]
+                    sram_wr[core] += s_write[i]
+                    sram_settle(core, t, c_head, st)
+                    s = sram_stream_start(core, float(nb), nb / max(dur_a[i], 1), s_mask[i], i,
+                                          t, c_head, st, n_banks, cap, scratch)
+                    if s < 0:
+                        err = ERR_POOL
+                        err_instr = i
+                        break
+                    sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
+                                    cap, scratch)
+                    x = c_head[core]
+                    while x >= 0:
+                        st_ver[x] += 1
+                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
+                        x = st_next[x]
+                    pc[g] = i + 1
+                    state[g] = ENG_BUSY
+                    break
+                # DMA engine: start issuing this instruction's requests
+                t_start[i] = t
+                d_instr[g] = i
+                for k in range(4):
+                    d_idx[g, k] = 0
+                d_off[g] = 0
+                state[g] = ENG_BUSY
+                h = heap_push(h, t, EV_DMA + 16 * g)
+                break
+            if err != ERR_NONE:
+                break
+            continue
+
+        if kind == EV_DONE:
+            i = obj
+            g = i_eng[i]
+            t_end[i] = t
+            for k in range(2):
+                sm = instrs[i].signal_sem[k]
+                if sm >= 0:
+                    sem_cnt[sm] += 1
+                    w = sem_head[sm]
+                    sem_head[sm] = -1
+                    while w >= 0:
+                        nw = w_next[w]
+                        w_next[w] = -1
+                        state[w] = ENG_IDLE
+                        h = heap_push(h, t, EV_TRY + 16 * w)
+                        w = nw
+            if eng_kind[g] == 0:
+                m_mm_inflight[g] -= 1
+                if state[g] == ENG_WAIT_RES:
+                    state[g] = ENG_IDLE
+                    h = heap_push(h, t, EV_TRY + 16 * g)
+            else:
+                state[g] = ENG_IDLE
+                h = heap_push(h, t, EV_TRY + 16 * g)
+            continue
+
+        if kind == EV_DMA:
+            g = obj
+            i = d_instr[g]
+            if i < 0:
+                continue
+            if d_out[g] >= max_out:
+                d_wait_slot[g] = True
+                continue
+            if r_free < 0:
+                err = ERR_POOL
+                err_instr = i
+                break
+            # --- the next request of the descriptor ---
+            core = eng_core[g]
+            op = instrs[i].op
+            ebits = elem_bits[instrs[i].dtype]
+            sh0 = max(np.int64(instrs[i].shape[0]), np.int64(1))
+            sh1 = max(np.int64(instrs[i].shape[1]), np.int64(1))
+            sh2 = max(np.int64(instrs[i].shape[2]), np.int64(1))
+            sh3 = max(np.int64(instrs[i].shape[3]), np.int64(1))
+            contig = (instrs[i].src_stride[3] * 8 == ebits and
+                      instrs[i].dst_stride[3] * 8 == ebits) or sh3 == 1
+            if contig:
+                run = (sh3 * ebits + 7) // 8
+                e = 0
+            else:
+                run = max(ebits // 8, 1)
+                e = d_idx[g, 3]
+            src = (instrs[i].src_addr + d_idx[g, 0] * instrs[i].src_stride[0]
+                   + d_idx[g, 1] * instrs[i].src_stride[1] + d_idx[g, 2] * instrs[i].src_stride[2]
+                   + e * instrs[i].src_stride[3] + d_off[g])
+            dst = (instrs[i].dst_addr + d_idx[g, 0] * instrs[i].dst_stride[0]
+                   + d_idx[g, 1] * instrs[i].dst_stride[1] + d_idx[g, 2] * instrs[i].dst_stride[2]
+                   + e * instrs[i].dst_stride[3] + d_off[g])
+            # requests stay inside one aligned request_bytes block of the far side
+            far = src if op == 10 else dst
+            nb = min(run - d_off[g], req_bytes - far % req_bytes)
+            if op != 12:
+                nb = min(nb, chunk - far % chunk)
+            if op == 10:
+                sram_a, sram_core = dst, core
+            else:
+                sram_a, sram_core = src, core
+            if sram_a < 0 or sram_a + nb > sram_size:
+                err = ERR_SRAM_RANGE
+                err_instr = i
+                break
+            if op == 12:
+                if dst < 0 or dst + nb > sram_size:
+                    err = ERR_SRAM_RANGE
+                    err_instr = i
+                    break
+                if instrs[i].dst_core < 0 or instrs[i].dst_core >= n_cores:
+                    err = ERR_COPY_CORE
+                    err_instr = i
+                    break
+            elif far < 0 or far + nb > dram_cap or not has_dram:
+                err = ERR_DRAM_RANGE
+                err_instr = i
+                break
+            r = r_free
+            r_free = r_next[r]
+            r_g[r] = g
+            r_i[r] = i
+            r_bytes[r] = nb
+            r_src_core[r] = core
+            r_stage[r] = 0
+            if op == 10:
+                r_kind[r] = RQ_LOAD
+                r_dram[r] = src
+                r_dst_core[r] = core
+            elif op == 11:
+                r_kind[r] = RQ_STORE
+                r_dram[r] = dst
+                r_dst_core[r] = core
+            else:
+                r_kind[r] = RQ_COPY
+                r_dram[r] = dst                   # destination SRAM address
+                r_dst_core[r] = instrs[i].dst_core
+            r_sram_mask[r] = _range_mask(sram_a, nb, prm[15], n_banks)
+            r_dst_mask[r] = _range_mask(dst, nb, prm[15], n_banks)
+            req_count[r_kind[r]] += 1
+            i_pending[i] += 1
+            d_out[g] += 1
+            # advance the descriptor iterator
+            d_off[g] += nb
+            finished = False
+            if d_off[g] >= run:
+                d_off[g] = 0
+                if not contig:
+                    d_idx[g, 3] += 1
+                    if d_idx[g, 3] >= sh3:
+                        d_idx[g, 3] = 0
+                        d_idx[g, 2] += 1
+                else:
+                    d_idx[g, 2] += 1
+                if d_idx[g, 2] >= sh2:
+                    d_idx[g, 2] = 0
+                    d_idx[g, 1] += 1
+                    if d_idx[g, 1] >= sh1:
+                        d_idx[g, 1] = 0
+                        d_idx[g, 0] += 1
+                        if d_idx[g, 0] >= sh0:
+                            finished = True
+            if finished:
+                i_issued_all[i] = True
+                d_instr[g] = -1
+                pc[g] = i + 1
+                state[g] = ENG_IDLE
+                h = heap_push(h, t + 1, EV_TRY + 16 * g)
+            else:
+                h = heap_push(h, t + 1, EV_DMA + 16 * g)
+            # start the request now: it becomes an EV_REQ at stage 0
+            kind = EV_REQ
+            obj = r
+
+        if kind == EV_HOP:
+            p = obj
+            nn, tt = noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes,
+                             p_node[p], p_dst[p], t, p_flits[p], router_cycles, link_cycles)
+            if nn < 0:
+                h = heap_push(h, tt, EV_ARRIVE + 16 * p)
+            else:
+                p_node[p] = nn
+                h = heap_push(h, tt, EV_HOP + 16 * p)
+            continue
+
+        if kind == EV_ARRIVE:
+            p = obj
+            r = p_req[p]
+            p_next[p] = p_free
+            p_free = p
+            kind = EV_REQ
+            obj = r
+
+        if kind == EV_DRAM:
+            ch = obj
+            if ch_evt[ch] != t:
+                continue
+            ch_evt[ch] = INF
+            d_now = t * core_fs // dram_fs
+            while ch_next[ch] <= d_now:
+                ch_next[ch] = dram_service(dram_T, dram_S, ch, ch_next[ch])
+            while True:
+                r = dram_pop_done(dram_S)
+                if r < 0:
+                    break
+                tc = _ceil_div(dram_completion(dram_S, r) * dram_fs, core_fs)
+                h = heap_push(h, max(tc, t), EV_REQ + 16 * r)
+            while ovf_n[ch] > 0:
+                r = ovf[ch, ovf_h[ch]]
+                if not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
+                                    r_kind[r] == RQ_STORE, d_now + 1):
+                    break
+                ovf_h[ch] = (ovf_h[ch] + 1) % pool
+                ovf_n[ch] -= 1
+                ch_next[ch] = min(ch_next[ch], d_now + 1)
+            if ch_next[ch] < INF:
+                tc = _ceil_div(ch_next[ch] * dram_fs, core_fs)
+                if tc <= t:
+                    tc = t + 1
+                ch_evt[ch] = tc
+                h = heap_push(h, tc, EV_DRAM + 16 * ch)
+            continue
+
+        if kind == EV_REQ:
+            # advance request r by one stage at time t
+            r = obj
+            rk = r_kind[r]
+            stg = r_stage[r]
+            r_stage[r] = stg + 1
+            send_from = -1
+            send_to = -1
+            flits = 1
+            to_dram = False
+            stream_core = -1
+            stream_mask = np.uint64(0)
+            done = False
+            if rk == RQ_LOAD:
+                if stg == 0:      # request packet to the memory controller
+                    ch = dram_channel(dram_T, r_dram[r])
+                    send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
+                elif stg == 1:    # at the controller: into the channel's queue
+                    to_dram = True
+                elif stg == 2:    # data read: response packet back to the core
+                    ch = dram_channel(dram_T, r_dram[r])
+                    send_from, send_to = ch_node[ch], core_node[r_src_core[r]]
+                    flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                elif stg == 3:    # data at the core: write it into SRAM
+                    stream_core = r_src_core[r]
+                    stream_mask = r_sram_mask[r]
+                    sram_wr[stream_core] += r_bytes[r]
+                else:
+                    done = True
+            elif rk == RQ_STORE:
+                if stg == 0:      # read the data out of SRAM
+                    stream_core = r_src_core[r]
+                    stream_mask = r_sram_mask[r]
+                    sram_rd[stream_core] += r_bytes[r]
+                elif stg == 1:    # data packet to the memory controller
+                    ch = dram_channel(dram_T, r_dram[r])
+                    send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
+                    flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                elif stg == 2:
+                    to_dram = True
+                elif stg == 3:    # written: acknowledge to the core
+                    ch = dram_channel(dram_T, r_dram[r])
+                    send_from, send_to = ch_node[ch], core_node[r_src_core[r]]
+                else:
+                    done = True
+            else:
+                if stg == 0:      # read from the source SRAM
+                    stream_core = r_src_core[r]
+                    stream_mask = r_sram_mask[r]
+                    sram_rd[stream_core] += r_bytes[r]
+                elif stg == 1:    # data packet to the destination core
+                    send_from, send_to = core_node[r_src_core[r]], core_node[r_dst_core[r]]
+                    flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                elif stg == 2:    # write into the destination SRAM
+                    stream_core = r_dst_core[r]
+                    stream_mask = r_dst_mask[r]
+                    sram_wr[stream_core] += r_bytes[r]
+                elif stg == 3:    # acknowledge to the source
+                    send_from, send_to = core_node[r_dst_core[r]], core_node[r_src_core[r]]
+                else:
+                    done = True
+            if send_from >= 0:
+                if p_free < 0:
+                    err = ERR_POOL
+                    err_instr = r_i[r]
+                    break
+                p = p_free
+                p_free = p_next[p]
+                p_dst[p] = send_to
+                p_flits[p] = flits
+                p_node[p] = send_from
+                p_req[p] = r
+                link_flits[n_links + send_from] += flits
+                th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
+                h = heap_push(h, th, EV_HOP + 16 * p)
+            elif stream_core >= 0:
+                sram_settle(stream_core, t, c_head, st)
+                s = sram_stream_start(stream_core, float(r_bytes[r]), float(flit_bytes),
+                                      stream_mask, -(r + 1), t, c_head, st, n_banks, cap,
+                                      scratch)
+                if s < 0:
+                    err = ERR_POOL
+                    err_instr = r_i[r]
+                    break
+                sram_fill_rates(c_head[stream_core], st_next, st_nom, st_mask, st_rate, n_banks,
+                                cap, scratch)
+                x = c_head[stream_core]
+                while x >= 0:
+                    st_ver[x] += 1
+                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
+                    x = st_next[x]
+            elif to_dram:
+                ch = dram_channel(dram_T, r_dram[r])
+                dram_bytes[1 if rk == RQ_STORE else 0] += r_bytes[r]
+                d_arr = _ceil_div(t * core_fs, dram_fs)
+                if ovf_n[ch] > 0 or not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
+                                                     rk == RQ_STORE, d_arr):
+                    ovf[ch, (ovf_h[ch] + ovf_n[ch]) % pool] = r
+                    ovf_n[ch] += 1
+                if d_arr < ch_next[ch]:
+                    ch_next[ch] = d_arr
+                tc = _ceil_div(ch_next[ch] * dram_fs, core_fs)
+                if tc < t:
+                    tc = t
+                if tc < ch_evt[ch]:
+                    ch_evt[ch] = tc
+                    h = heap_push(h, tc, EV_DRAM + 16 * ch)
+            elif done:
+                g = r_g[r]
+                i = r_i[r]
+                r_next[r] = r_free
+                r_free = r
+                i_pending[i] -= 1
+                d_out[g] -= 1
+                if i_pending[i] == 0 and i_issued_all[i]:
+                    t_end[i] = t
+                    for k in range(2):
+                        sm = instrs[i].signal_sem[k]
+                        if sm >= 0:
+                            sem_cnt[sm] += 1
+                            w = sem_head[sm]
+                            sem_head[sm] = -1
+                            while w >= 0:
+                                nw = w_next[w]
+                                w_next[w] = -1
+                                state[w] = ENG_IDLE
+                                h = heap_push(h, t, EV_TRY + 16 * w)
+                                w = nw
+                if d_wait_slot[g]:
+                    d_wait_slot[g] = False
+                    h = heap_push(h, t, EV_DMA + 16 * g)
+            continue
+
+    return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
+            err, err_instr, sem_cnt)
+
+
+@njit(cache=True)
+def _range_mask(addr, nbytes, width, n_banks):
+    """Bank mask of the byte range [addr, addr + nbytes) (64-bit, banks grouped above 64)."""
+    m = np.uint64(0)
+    first = addr // width
+    last = (addr + max(nbytes, 1) - 1) // width
+    n = min(last - first + 1, n_banks)
+    for j in range(n):
+        b = (first + j) % n_banks
+        if n_banks > 64:
+            b = b * 64 // n_banks
+        m |= np.uint64(1) << np.uint64(b)
+    return m
