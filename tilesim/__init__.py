@@ -15,4 +15,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from tilesim.errors import AsmError, ConfigError, InputError, ProgramError, TilesimError
 
-__all__ = ["__version__", "TilesimError", "ConfigError", "AsmError", "ProgramError", "InputError"]
+
+
+def simulate(chip, model, phase="decode", batch=1, context=1024, **options):
+    """Simulate one forward step of ``model`` on ``chip`` (see :func:`tilesim.step.simulate`)."""
+    from tilesim.step import simulate as _simulate
+    return _simulate(chip, model, phase, batch, context, **options)
+
+
+__all__ = ["__version__", "simulate", "TilesimError", "ConfigError", "AsmError", "ProgramError", "InputError"]

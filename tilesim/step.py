@@ -1,0 +1,233 @@
+"""``tilesim.simulate``: a chip and a transformer in, cycles, tokens/s and energy out.
+
+One forward step (prefill of ``batch`` prompts of ``context`` tokens, or one decode token per
+sequence after ``context`` cached ones) is compiled op by op (programs.codegen) and run cycle
+by cycle (arch.chip). The step is cut into programs: the embedding, one per distinct layer shape
+(graph.layer_groups: dense and MoE layers), and the head (final norm and LM head). Layers of the
+same shape compile to the same program up to addresses, so each distinct one is simulated once
+and counted for every layer of its shape; ``all_layers=True`` simulates every layer, at its own
+KV-cache and weight addresses. Programs run one after another, each from an idle chip (no
+overlap between the end of one layer and the start of the next: a small, stated pessimism).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesim import config as config_mod
+from tilesim.errors import InputError
+
+PHASES = ("prefill", "decode")
+
+
+@dataclass
+class Part:
+    """One simulated program and how many times it counts."""
+
+    label: str              # "embed", "layers 0-31", "head"
+    times: int
+    stats: object           # arch.chip.RunStats
+    ops: list               # op names
+    tags: np.ndarray        # op index per instruction
+    kinds: dict             # op name -> kind
+
+
+@dataclass
+class Result:
+    chip: object
+    spec: object
+    phase: str
+    batch: int
+    context: int
+    parts: list = field(default_factory=list)
+    wall_s: float = 0.0
+
+    # ---- totals -------------------------------------------------------------------------
+    def _sum(self, get) -> float:
+        return sum(get(p.stats) * p.times for p in self.parts)
+
+    @property
+    def cycles(self) -> int:
+        return int(self._sum(lambda s: s.cycles))
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / (self.chip.clock_ghz * 1e9)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens this step processes (prefill: every prompt token; decode: one per sequence)."""
+        return self.batch * self.context if self.phase == "prefill" else self.batch
+
+    def energy_by_component(self) -> dict:
+        out: dict[str, float] = {}
+        for p in self.parts:
+            for k, v in p.stats.energy_pj.items():
+                out[k] = out.get(k, 0.0) + v * p.times
+        return out
+
+    def op_table(self) -> list[dict]:
+        """Per op of the step: cycles (span of its instructions, x layers), MACs, DRAM bytes."""
+        from tilesim.arch import chip, dma
+        from tilesim.isa.opcodes import Op
+        rows: dict[str, dict] = {}
+        for p in self.parts:
+            ins = p.stats  # noqa: F841
+            prog_ins = p.program.instrs
+            nbytes = dma.descriptor_bytes(prog_ins, chip._BITS)
+            mm = prog_ins["op"] == Op.MM
+            macs = np.where(mm, prog_ins["m"].astype(np.int64) * prog_ins["k"] * prog_ins["n"], 0)
+            for j, name in enumerate(p.ops):
+                sel = p.tags == j
+                if not sel.any():
+                    continue
+                span = int(p.stats.t_end[sel].max() - p.stats.t_start[sel].min())
+                key = _generic(name)
+                r = rows.setdefault(key, {"op": key, "kind": p.kinds.get(name, "?"),
+                                          "cycles": 0, "macs": 0, "dram_bytes": 0})
+                r["cycles"] += span * p.times
+                r["macs"] += int(macs[sel].sum()) * p.times
+                ld = sel & np.isin(prog_ins["op"], (Op.LOAD, Op.STORE))
+                r["dram_bytes"] += int(nbytes[ld].sum()) * p.times
+        return sorted(rows.values(), key=lambda r: -r["cycles"])
+
+    def summary(self) -> dict:
+        s = self.seconds
+        e = self.energy_by_component()
+        total_e = sum(e.values())
+        rd = int(self._sum(lambda st: st.dram_read_bytes))
+        wr = int(self._sum(lambda st: st.dram_write_bytes))
+        peak = self.parts[0].stats.dram.get("peak_gbps", 0.0) if self.parts else 0.0
+        gbps = (rd + wr) / s / 1e9 if s else 0.0
+        macs = int(self._sum(lambda st: sum(st.macs.values())))
+        busy = sum(p.stats.engine_busy.sum(axis=0) * p.times for p in self.parts)
+        n_e = self.parts[0].stats.engine_busy.shape[1] if self.parts else 0
+        cores = self.chip.cores.count
+        names = ["matrix", "vector"] + [f"dma{i}" for i in range(max(0, n_e - 2))]
+        out = {
+            "config": self.chip.name, "model": self.spec.name, "phase": self.phase,
+            "batch": self.batch, "context": self.context,
+            "cycles": self.cycles, "seconds": s,
+            "tokens_per_s": self.tokens / s if s else 0.0,
+            "macs": macs, "model_macs": self.spec.macs(self.phase, self.batch, self.context),
+            "dram_read_bytes": rd, "dram_write_bytes": wr,
+            "dram_gbps": gbps, "peak_dram_gbps": peak,
+            "dram_pct_of_peak": 100.0 * gbps / peak if peak else 0.0,
+            "mac_utilisation_pct": 100.0 * macs / (self.chip.peak_macs_per_cycle * self.cycles)
+            if self.cycles else 0.0,
+            "engine_utilisation_pct": {names[i]: 100.0 * float(busy[i]) / (cores * self.cycles)
+                                       for i in range(n_e)} if self.cycles else {},
+            "energy_pj": total_e,
+            "energy_pj_per_token": total_e / self.tokens,
+            "energy_pj_by_component": e,
+            "simulated_programs": [{"label": p.label, "times": p.times, "cycles": p.stats.cycles,
+                                    "instructions": p.stats.instructions} for p in self.parts],
+            "wall_seconds": self.wall_s,
+        }
+        if self.phase == "prefill":
+            out["ttft_s"] = s
+        else:
+            out["tpot_s"] = s
+        return out
+
+
+def _generic(op: str) -> str:
+    """``layer7.q`` -> ``layer*.q`` (ops of reused layers are reported per shape)."""
+    head, _, rest = op.partition(".")
+    if head.startswith("layer") and head[5:].isdigit():
+        return "layer*." + rest
+    return op
+
+
+def check_capacity(cfg, spec, phase: str, batch: int, context: int) -> None:
+    """InputError when weights and KV cache do not fit the chip's off-chip memory."""
+    if cfg.memory is None:
+        raise InputError(f"{cfg.name}: the compiler keeps weights and the KV cache in off-chip "
+                         "memory, and this chip has none (memory: none)")
+    from tilesim.arch import dram
+    cap = dram.capacity_bytes(cfg.memory)
+    tokens = context if phase == "prefill" else context + 1
+    need = spec.weight_bytes() + spec.kv_cache_bytes(batch, tokens)
+    if need > cap:
+        raise InputError(
+            f"{spec.name} ({phase}, batch {batch}, context {context}) needs "
+            f"{need / 2**30:.2f} GiB of memory for weights and KV cache; {cfg.name} has "
+            f"{cap / 2**30:.2f} GiB (memory.capacity_bytes); --ignore-capacity runs it anyway")
+
+
+def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 1024, *,
+             all_layers: bool = False, ignore_capacity: bool = False, progress=None,
+             weight_dtype: str | None = None, validate: bool = False) -> Result:
+    """Simulate one forward step of ``model`` on ``chip``; see the module docstring.
+
+    chip: ChipConfig, preset name or YAML path. model: ModelSpec, preset name or config.json.
+    progress: None (a bar on stderr when the run is long), False (silent) or a callable
+    ``progress(done, total, label)``."""
+    from tilesim.arch import chip as chip_mod
+    from tilesim.programs import codegen, graph, models
+
+    t0 = time.perf_counter()
+    cfg = chip if isinstance(chip, config_mod.ChipConfig) else config_mod.load(chip)
+    spec = model if isinstance(model, models.ModelSpec) else models.resolve_model(
+        model, **({"weight_dtype": weight_dtype} if weight_dtype else {}))
+    if phase not in PHASES:
+        raise InputError(f"phase {phase!r}: allowed: prefill, decode")
+    if not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch {batch!r}: allowed: an integer >= 1")
+    if not isinstance(context, int) or context < (1 if phase == "prefill" else 0):
+        raise InputError(f"context {context!r}: allowed: an integer >= 1 (prefill) or >= 0")
+    models.check_context(spec, context if phase == "prefill" else context + 1, phase)
+    if not ignore_capacity:
+        check_capacity(cfg, spec, phase, batch, context)
+
+    g = graph.model_graph(spec, phase, batch, context)
+    nodes = [g.nodes[n] for n in g.nodes]
+    by_layer: dict[int, list] = {}
+    for nd in nodes:
+        by_layer.setdefault(nd["layer"], []).append(nd)
+    plan: list[tuple[str, list, int]] = [("embed", by_layer[-1][:1], 1)]
+    if all_layers:
+        plan += [(f"layer {L}", by_layer[L], 1) for L in range(spec.n_layers)]
+    else:
+        for sig, layers in graph.layer_groups(spec).items():
+            label = f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
+            plan.append((f"{label} ({sig})", by_layer[layers[0]], len(layers)))
+    plan.append(("head", by_layer[-1][1:], 1))
+
+    res = Result(cfg, spec, phase, batch, context)
+    report = _progress(progress, len(plan))
+    for i, (label, nds, times) in enumerate(plan):
+        report(i, label)
+        comp = codegen.compile_nodes(spec, nds, cfg, phase, batch, context, name=label)
+        stats = chip_mod.run(comp.program, cfg, validate=validate)
+        part = Part(label, times, stats, comp.ops, comp.tags,
+                    {nd["name"]: nd["kind"] for nd in nds})
+        part.program = comp.program
+        res.parts.append(part)
+    report(len(plan), "done")
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+def _progress(progress, total: int):
+    """A progress callback: the caller's, none, or a one-line bar on stderr (shown only
+    once a run has taken over two seconds)."""
+    if callable(progress):
+        return lambda i, label: progress(i, total, label)
+    if progress is False:
+        return lambda i, label: None
+    start = time.perf_counter()
+
+    def bar(i, label):
+        if time.perf_counter() - start < 2.0 and i < total:
+            return
+        width = 30
+        filled = width * i // total
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {i}/{total} {label:<32}")
+        if i >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return bar
