@@ -1,0 +1,185 @@
+"""The compiler end to end: tiny models compiled for a small chip and run cycle by cycle.
+
+Functional: logits equal the independent numpy reference (reference_forward.py) for prefill and
+for a decode step. Accounting: MACs executed equal the model's analytic count for dense, GQA,
+MoE and MLA models. Physics: no step beats the DRAM or MAC roof. Bad input: one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.programs.reference_forward import (forward_decode, forward_prefill, random_weights,
+                                              tiny_spec)
+from tilesim import config
+from tilesim.arch import chip
+from tilesim.cli import main
+from tilesim.programs import codegen, graph
+from tilesim.programs.models import ModelSpec
+from tilesim.step import simulate
+
+
+def tiny_chip(dtype="fp32", cores=2):
+    """teach-2core with 8x8 arrays in ``dtype`` and 256 KiB of SRAM per core."""
+    d = config.to_dict(config.load("teach-2core"))
+    d["cores"]["systolic"].update(input_dtype=dtype, weight_dtype=dtype, acc_dtype="fp32",
+                                  rows=8, cols=8)
+    d["cores"]["sram"]["size_bytes"] = 256 * 1024
+    d["cores"]["vector"]["lanes"] = 8
+    d["name"] = f"tiny-{dtype}"
+    return config.from_dict(d)
+
+
+def _compiled_logits(spec, w, cfg, phase, batch, context, tokens, kv_cache=None):
+    g = graph.model_graph(spec, phase, batch, context)
+    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, phase, batch, context,
+                                 tokens=tokens, weights=w, kv_cache=kv_cache)
+    stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
+    return stats.memory.read("logits"), stats
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = tiny_spec()
+    return spec, random_weights(spec, 0), tiny_chip()
+
+
+def test_functional_prefill_and_decode_equal_numpy(tiny):
+    spec, w, cfg = tiny
+    rng = np.random.default_rng(3)
+    batch, prompt = 2, 5
+    tokens = rng.integers(0, spec.vocab_size, (batch, prompt))
+    ref, cache = forward_prefill(spec, w, tokens)
+    got, stats = _compiled_logits(spec, w, cfg, "prefill", batch, prompt, tokens)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert sum(stats.macs.values()) == spec.macs("prefill", batch, prompt) + masked_macs(
+        spec, batch, prompt)
+
+    new = rng.integers(0, spec.vocab_size, batch)
+    ref2, _ = forward_decode(spec, w, cache, new, prompt)
+    got2, stats2 = _compiled_logits(spec, w, cfg, "decode", batch, prompt, new, kv_cache=cache)
+    np.testing.assert_allclose(got2, ref2, rtol=1e-5, atol=1e-5)
+    assert sum(stats2.macs.values()) == spec.macs("decode", batch, prompt)
+    # the compiled program really depends on the weights: other weights, other logits
+    w2 = random_weights(spec, 1)
+    other, _ = _compiled_logits(spec, w2, cfg, "decode", batch, prompt, new, kv_cache=cache)
+    assert np.abs(other - got2).max() > 1e-2
+
+
+def _spec(**kw):
+    base = dict(name="t", vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                head_dim=8, ffn_dim=48, max_context=64, weight_dtype="bf16", act_dtype="bf16",
+                kv_dtype="bf16")
+    base.update(kw)
+    return ModelSpec(**base)
+
+
+SPECS = {
+    "gqa": _spec(),
+    "mha-gelu-layernorm": _spec(n_kv_heads=4, ffn_kind="gelu", norm="layer", rope_theta=0.0),
+    "mqa": _spec(n_kv_heads=1),
+    "moe": _spec(n_experts=4, experts_per_token=2, moe_ffn_dim=16, n_shared_experts=1,
+                 first_dense_layers=1),
+    "mla": _spec(n_kv_heads=4, head_dim=12, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                 q_lora_rank=16, kv_lora_rank=16, v_head_dim=8),
+}
+
+
+def masked_macs(spec, batch, prompt):
+    """MACs a prefill spends on masked (query, key) pairs when one query block holds the whole
+    prompt: the block's tiles cover keys 0..S-1 for every query, the model counts i + 1 keys
+    for query i, so S(S-1)/2 pairs per sequence and head are computed and then masked, in both
+    the score (width w_qk) and the value (width w_v) product of every layer."""
+    node = graph.layer_graph(spec, 0, "prefill", batch, prompt).nodes["layer0.attention"]
+    pairs = prompt * (prompt - 1) // 2
+    return (spec.n_layers * batch * spec.n_heads * pairs
+            * (node["score_width"] + node["value_width"]))
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("phase,batch,context", [("prefill", 2, 9), ("decode", 3, 17)])
+def test_macs_executed_equal_the_model(name, phase, batch, context):
+    """Decode executes exactly the model's MACs. Prefill also computes the masked half of the
+    diagonal attention tiles (FlashAttention does too), exactly :func:`masked_macs` more."""
+    spec = SPECS[name]
+    res = simulate(tiny_chip("bf16"), spec, phase, batch, context, progress=False)
+    s = res.summary()
+    assert s["model_macs"] == spec.macs(phase, batch, context)
+    extra = masked_macs(spec, batch, context) if phase == "prefill" else 0
+    assert s["macs"] == s["model_macs"] + extra
+
+
+def test_physics_and_weight_traffic():
+    """Decode reads every weight at least once and cannot beat the DRAM roof; prefill cannot
+    beat the MAC roof; both are deterministic."""
+    spec = SPECS["gqa"]
+    cfg = tiny_chip("bf16")
+    dec = simulate(cfg, spec, "decode", 1, 20, progress=False).summary()
+    embed = spec.vocab_size * spec.d_model * 2
+    assert dec["dram_read_bytes"] >= spec.weight_bytes() - embed
+    peak_bytes_per_s = dec["peak_dram_gbps"] * 1e9
+    floor = (spec.weight_bytes() - embed + spec.kv_cache_bytes(1, 20)) / peak_bytes_per_s
+    assert dec["seconds"] >= floor
+    pre = simulate(cfg, spec, "prefill", 2, 16, progress=False).summary()
+    assert pre["seconds"] >= pre["model_macs"] / (cfg.peak_macs_per_cycle * cfg.clock_ghz * 1e9)
+    again = simulate(cfg, spec, "prefill", 2, 16, progress=False).summary()
+    assert again["cycles"] == pre["cycles"] and again["energy_pj"] == pre["energy_pj"]
+
+
+def test_all_layers_counts_every_layer():
+    spec = SPECS["moe"]
+    cfg = tiny_chip("bf16")
+    once = simulate(cfg, spec, "decode", 2, 8, progress=False)
+    every = simulate(cfg, spec, "decode", 2, 8, progress=False, all_layers=True)
+    assert [p.times for p in once.parts] == [1, 1, 1, 1]      # embed, dense, moe, head
+    assert len(every.parts) == spec.n_layers + 2
+    assert every.summary()["macs"] == once.summary()["macs"] == spec.macs("decode", 2, 8)
+
+
+# ---- tilesim run --------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_run_bad_inputs(capsys, tmp_path):
+    _one_line_error(capsys, ["run", "--model", "llama-9"], "no such model preset", "llama-3-8b")
+    _one_line_error(capsys, ["run", "--model", "gpt2", "--context", "5000"], "1024")
+    _one_line_error(capsys, ["run", "tpu-v4i-like", "--model", "llama-3-70b"], "GiB",
+                    "--ignore-capacity")
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 6, "num_key_value_heads": 4,
+                               "intermediate_size": 128, "max_position_embeddings": 64}))
+    _one_line_error(capsys, ["run", "--model", str(bad)], str(bad))
+    _one_line_error(capsys, ["run", "--batch", "0"], "--batch")
+
+
+def test_run_json_and_outputs(capsys, tmp_path, monkeypatch):
+    """The CLI on a chip file and a config.json model: JSON keys and the --out files."""
+    cfg_path = tmp_path / "chip.yaml"
+    import yaml
+    cfg_path.write_text(yaml.safe_dump(config.to_dict(tiny_chip("bf16"))))
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps({"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2,
+                                 "num_attention_heads": 4, "num_key_value_heads": 2,
+                                 "intermediate_size": 48, "max_position_embeddings": 64,
+                                 "model_type": "llama"}))
+    out = tmp_path / "out"
+    assert main(["run", str(cfg_path), "--model", str(model), "--phase", "decode",
+                 "--context", "12", "--json", "--out", str(out)]) == 0
+    s = json.loads(capsys.readouterr().out)
+    for key in ("cycles", "seconds", "tokens_per_s", "macs", "model_macs", "dram_read_bytes",
+                "dram_write_bytes", "peak_dram_gbps", "energy_pj_per_token",
+                "energy_pj_by_component", "tpot_s", "ops"):
+        assert key in s
+    assert s["macs"] == s["model_macs"]   # decode: exact
+    assert abs(sum(s["energy_pj_by_component"].values()) - s["energy_pj"]) < 1e-6 * s["energy_pj"]
+    for f in ("summary.json", "ops.csv", "timeline.png", "roofline.png", "energy.png"):
+        assert (out / f).stat().st_size > 0
