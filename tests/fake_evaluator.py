@@ -11,7 +11,9 @@ subprocesses too):
 
 - ``TILESIM_FAKE_LOG``: a file; each call appends one line, the point's identity hash
   (:func:`ident`), so a test can tell which points were computed;
-- ``TILESIM_FAKE_SLEEP``: seconds to sleep per call (to kill a sweep part way).
+- ``TILESIM_FAKE_SLEEP``: seconds to sleep per call (to kill a sweep part way);
+- ``TILESIM_FAKE_INTERRUPT_AT``: raise KeyboardInterrupt (as Ctrl-C would) in the call that
+  finds this many lines in the log.
 
 A chip whose array has ``FAIL_ROWS`` rows raises a ProgramError: the failing point.
 """
@@ -53,6 +55,11 @@ def simulate(chip, model, phase, batch, context, *, all_layers=False, ignore_cap
     if isinstance(model, (str, Path)):
         model = resolve_model(model)
     log = os.environ.get("TILESIM_FAKE_LOG")
+    stop_at = int(os.environ.get("TILESIM_FAKE_INTERRUPT_AT", "0") or 0)
+    if log and stop_at and os.path.exists(log):
+        with open(log) as f:
+            if sum(1 for _ in f) == stop_at:
+                raise KeyboardInterrupt
     if log:
         line = ident(config.to_dict(chip, full=True), phase, batch, context) + "\n"
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -99,11 +106,3 @@ def simulate(chip, model, phase, batch, context, *, all_layers=False, ignore_cap
          "context": context}
     s["ttft_s" if phase == "prefill" else "tpot_s"] = seconds
     return FakeResult(s)
-
-
-def simulate_interrupted(*args, **kwargs):
-    """Like ``simulate``, but the third call in this process raises KeyboardInterrupt."""
-    simulate_interrupted.calls = getattr(simulate_interrupted, "calls", 0) + 1
-    if simulate_interrupted.calls == 3:
-        raise KeyboardInterrupt
-    return simulate(*args, **kwargs)

@@ -62,6 +62,7 @@ The evaluator is ``tilesim.simulate`` unless the file or the caller names anothe
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import importlib
@@ -209,6 +210,10 @@ class SweepSpec:
         ident = {"config": cfg, "workload": {**run, "model": model}, "tilesim": __version__}
         if self.evaluator != DEFAULT_EVALUATOR:
             ident["evaluator"] = self.evaluator
+        if err is not None:
+            # an invalid point has no resolved config; its raw dict may even equal a valid
+            # point's (a shorthand that could not apply), so its overrides are part of it
+            ident["invalid"] = {"params": params, "error": err}
         return Point(point_key(ident), dict(params), label, cfg, model, err)
 
     def _model(self, w: Workload, label: dict) -> dict:
@@ -385,12 +390,12 @@ def _param_checker(ctx, path: str) -> Callable[[str, Any], Any]:
             tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
         if i == len(parts) - 1:
             return _leaf_checker(ctx, cls, f, hint)
-        if tp is Mapping or typing.get_origin(tp) is Mapping:
+        if typing.get_origin(tp) is collections.abc.Mapping:
             # an entry of a mapping field (vector ops, energy or timing overrides), checked
             # by the loader as a one-entry mapping
             if i != len(parts) - 2:
-                ctx.fail(f"parameters.{path}", None, f"a path ending at one entry of "
-                         f"{'.'.join(parts[:i + 1])}")
+                raise ConfigError(f"{_where(ctx, path)}: not a config key path (it may end "
+                                  f"at one entry of {'.'.join(parts[:i + 1])})")
             prefix, entry, owner = f"parameters.{'.'.join(parts[:-1])}", parts[-1], cls
 
             def check_entry(where, v, f=f, owner=owner, hint=hint):
@@ -398,10 +403,15 @@ def _param_checker(ctx, path: str) -> Callable[[str, Any], Any]:
                 return _plain(v)
             return check_entry
         if not dataclasses.is_dataclass(tp):
-            ctx.fail(f"parameters.{path}", None, f"a path ending at "
-                     f"{'.'.join(parts[:i + 1])}, which holds a value, not keys")
+            raise ConfigError(f"{_where(ctx, path)}: not a config key path "
+                              f"({'.'.join(parts[:i + 1])} holds a value, not keys)")
         cls = tp
     raise AssertionError("unreachable")
+
+
+def _where(ctx, path: str) -> str:
+    from tilesim.errors import location
+    return location(ctx.source, f"parameters.{path}")
 
 
 def _leaf_checker(ctx, owner, f, tp):
@@ -410,6 +420,7 @@ def _leaf_checker(ctx, owner, f, tp):
         if got is None or isinstance(got, (bool, int, float, str)):
             return got if got is not None else "none"
         return _plain(v)        # a block, a list: stored as written, validated per point
+    check.size = bool(f.metadata.get("size"))      # a range step may be a size too
     return check
 
 
@@ -434,7 +445,8 @@ def _range(ctx, where: str, spec: Mapping, check) -> list:
     is_int = isinstance(start, int) and isinstance(stop, int)
     if "step" in spec:
         step = _config._scalar(ctx, f"{where}.step", int if is_int else float, spec["step"],
-                               {"min": 1 if is_int else 1e-300})
+                               {"min": 1 if is_int else 1e-300,
+                                "size": getattr(check, "size", False)})
         n = int(math.floor((stop - start) / step + 1e-9)) + 1
         if n > MAX_RANGE_VALUES:
             ctx.fail(where, dict(spec), f"at most {MAX_RANGE_VALUES} values")
@@ -510,9 +522,12 @@ def _workloads(ctx, data, base_dir: Path, *, datatypes: bool) -> tuple[Workload,
             try:
                 spec = models.resolve_model(w.model, w.weight_dtype or "bf16",
                                             w.act_dtype or "bf16", w.kv_dtype or "bf16")
+            except TilesimError as e:
+                raise ConfigError(f"{ctx.source}: {where}.model: {e}") from None
+            try:
                 models.check_context(spec, w.context, w.phase)
             except TilesimError as e:
-                raise ConfigError(f"{ctx.source}: {where}: {e}") from None
+                raise ConfigError(f"{ctx.source}: {where}.context: {e}") from None
             if w not in seen:
                 seen.add(w)
                 out.append(w)
