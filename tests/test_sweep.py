@@ -195,6 +195,16 @@ parameters:
     assert {p.config["memory"]["standard"] for p in pts} == {"gddr6", "hbm3"}
 
 
+def test_shipped_example_sweep_has_24_valid_points():
+    spec = sweep.load_sweep(ROOT / "configs/sweeps/blackhole-design-space.yaml",
+                            evaluator=FAKE)
+    points = spec.points()
+    assert len(points) == 24 and not any(p.error for p in points)
+    hbm = [p for p in points if p.config["memory"]["standard"] == "hbm3"]
+    assert len(hbm) == 12
+    assert config.from_dict(hbm[0].config).memory == config.load("blackhole-like-hbm3").memory
+
+
 # --------------------------------------------------------------------------------------------
 # Running: re-runs, failures, invalid points, Dask, interruption
 # --------------------------------------------------------------------------------------------
