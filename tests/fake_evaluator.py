@@ -13,7 +13,10 @@ subprocesses too):
   (:func:`ident`), so a test can tell which points were computed;
 - ``TILESIM_FAKE_SLEEP``: seconds to sleep per call (to kill a sweep part way);
 - ``TILESIM_FAKE_INTERRUPT_AT``: raise KeyboardInterrupt (as Ctrl-C would) in the call that
-  finds this many lines in the log.
+  finds this many lines in the log;
+- ``TILESIM_FAKE_CRASH``: kill the calling process (as a segfault or the OOM killer would):
+  ``once:FILE`` the first time (FILE marks that it happened), ``rows:N`` on every chip with
+  N array rows; both may be given, separated by a comma.
 
 A chip whose array has ``FAIL_ROWS`` rows raises a ProgramError: the failing point.
 """
@@ -67,6 +70,16 @@ def simulate(chip, model, phase, batch, context, *, all_layers=False, ignore_cap
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+    for crash in filter(None, os.environ.get("TILESIM_FAKE_CRASH", "").split(",")):
+        if crash.startswith("once:"):
+            try:
+                os.close(os.open(crash[5:], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(70)
+        if crash == f"rows:{chip.cores.systolic.rows}":
+            os._exit(70)
     delay = float(os.environ.get("TILESIM_FAKE_SLEEP", "0") or 0)
     if delay:
         time.sleep(delay)

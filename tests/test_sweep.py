@@ -342,6 +342,24 @@ def test_killed_sweep_process_resumes(tmp_path, fake_log):
     assert table(db) == table(tmp_path / "ref.db")
 
 
+def test_dead_workers(tmp_path, fake_log, monkeypatch):
+    """On a local cluster of processes: a worker that dies once has its point run again on
+    another; a point that kills every worker it is given is recorded as failed."""
+    import dask
+
+    text = GRID.replace("[16, 32, 48]", "[16, 48]").replace('["1 MiB", "2 MiB"]', "[1 MiB]")
+    text = text.replace("{start: 32, stop: 64, factor: 2}", "[64]")
+    monkeypatch.setenv("TILESIM_FAKE_CRASH", f"once:{tmp_path / 'crashed'},rows:48")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        st = sweep.run_sweep(load(tmp_path, text), tmp_path / "s.db", workers=2)
+    assert (tmp_path / "crashed").exists()
+    assert (st.ran, st.ok, st.failed, st.lost) == (4, 2, 2, 0)
+    failed = [r for r in db_rows(tmp_path / "s.db") if r["status"] == "failed"]
+    assert {r["params"]["cores.systolic.rows"] for r in failed} == {48}
+    assert all(r["error"].startswith("the point killed its worker each time it ran")
+               for r in failed)
+
+
 # --------------------------------------------------------------------------------------------
 # Pareto fronts and the report
 # --------------------------------------------------------------------------------------------

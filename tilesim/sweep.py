@@ -48,8 +48,10 @@ resolved config (``config.to_dict(full=True)``), the workload (the resolved mode
 tilesim version (and the evaluator, when it is not the default). Results go to SQLite in WAL
 mode, each committed as it arrives from its worker, so an interrupted sweep loses nothing and a
 re-run skips every recorded point. A point whose evaluator raises is recorded as *failed*
-with its error and the sweep goes on (``retry_failed`` runs those again). A point lost with a
-worker (killed, out of memory) is not recorded and runs again next time.
+with its error and the sweep goes on (``retry_failed`` runs those again). When a worker dies
+(killed, out of memory), Dask runs its points again on the others; a point that kills every
+worker it runs on is recorded as failed; a point lost with the cluster itself is not
+recorded and runs again next time.
 
 **Running.** Points run on Dask: by default a LocalCluster of one single-threaded worker
 process per core (points are CPU-bound Python and numba, so processes, not threads); or an
@@ -774,7 +776,11 @@ def run_sweep(spec: SweepSpec, db: str | Path, *, scheduler: str | None = None,
     (default: one per core; ``processes=False`` for threads); ``workers=0`` runs the points in
     this process without Dask. ``on_result(point, record)`` is called after each record is
     committed. A KeyboardInterrupt stops the sweep after cleaning up; every point recorded
-    before it stays recorded."""
+    before it stays recorded.
+
+    Worker processes start by importing the main module afresh, so a script that calls this
+    with a local cluster of processes needs the usual ``if __name__ == "__main__":`` guard
+    (notebooks and ``tilesim sweep`` do not)."""
     from tilesim.report.progress import ProgressBar
 
     points = spec.points()
@@ -850,10 +856,15 @@ def _run_dask(spec, todo, record, stats, *, client, scheduler, workers, processe
                                      f"({e.__class__.__name__}: {e})") from None
             else:
                 import logging
+
+                import dask
                 n = min(workers or default_workers(), len(todo))
-                own_cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=processes,
-                    dashboard_address=None, silence_logs=logging.ERROR)
+                # worker-saturation 1.0: a worker holds only the point it runs, so when it
+                # dies Dask blames that point alone (not one queued behind it)
+                with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                    own_cluster = distributed.LocalCluster(
+                        n_workers=n, threads_per_worker=1, processes=processes,
+                        dashboard_address=None, silence_logs=logging.CRITICAL)
                 client = own_client = distributed.Client(own_cluster)
         futures = {}
         for p in todo:
@@ -867,7 +878,14 @@ def _run_dask(spec, todo, record, stats, *, client, scheduler, workers, processe
                     out = fut.result()
                 except KeyboardInterrupt:
                     raise
-                except BaseException as e:      # noqa: BLE001 - a worker died, not the point
+                except distributed.KilledWorker as e:
+                    # the point took down every worker it was given (Dask retries it on
+                    # others first): a crash of the point itself, so record it as failed
+                    out = {"status": "failed", "result": None, "traceback": None,
+                           "elapsed_s": None, "error": " ".join(
+                               f"the point killed its worker each time it ran (a crash or "
+                               f"running out of memory): {e}".split())}
+                except BaseException as e:      # noqa: BLE001 - lost with the cluster
                     stats.lost += 1
                     stats.lost_errors.append(f"{p.key[:12]}: {e.__class__.__name__}: {e}")
                     continue
