@@ -249,7 +249,7 @@ parameters:
     assert sweep.run_sweep(load(tmp_path, text), db, workers=0).ran == 0
 
 
-def test_local_dask_cluster_runs_24_points_like_a_serial_run(tmp_path, fake_log):
+def test_local_dask_cluster_runs_24_points_like_a_serial_run(tmp_path, fake_log, capsys):
     from distributed import Client, LocalCluster
 
     spec = load(tmp_path)
@@ -259,10 +259,15 @@ def test_local_dask_cluster_runs_24_points_like_a_serial_run(tmp_path, fake_log)
         st = sweep.run_sweep(spec, tmp_path / "dask.db", client=client,
                              on_result=lambda p, out: seen.append(p.key))
         assert client.status == "running"                      # a given client stays open
+        # the CLI on the same cluster through its scheduler address
+        (tmp_path / "s.yaml").write_text(GRID + f"evaluator: {FAKE}\n")   # set in the file
+        assert main(["sweep", str(tmp_path / "s.yaml"), "--db", str(tmp_path / "cli.db"),
+                     "--scheduler", cluster.scheduler_address]) == 0
     assert (st.ran, st.ok, st.failed, st.lost) == (24, 16, 8, 0)
     assert sorted(seen) == sorted(p.key for p in spec.points())
     sweep.run_sweep(spec, tmp_path / "serial.db", workers=0)
-    assert table(tmp_path / "dask.db") == table(tmp_path / "serial.db")
+    assert table(tmp_path / "dask.db") == table(tmp_path / "serial.db") == table(
+        tmp_path / "cli.db")
 
 
 def test_interrupted_sweep_resumes_without_recomputing_or_losing(tmp_path, fake_log):
@@ -525,3 +530,16 @@ def test_report_refuses_a_database_that_is_not_a_sweep(tmp_path, capsys):
         c.execute("CREATE TABLE t (x)")
     assert main(["sweep", "--report", str(other)]) == 2
     assert "not a tilesim sweep database" in capsys.readouterr().err
+
+
+def test_cli_interrupt_says_how_to_resume(tmp_path, fake_log, monkeypatch, capsys):
+    path = write(tmp_path, GRID)
+    monkeypatch.setenv("TILESIM_FAKE_INTERRUPT_AT", "3")
+    assert main(["sweep", str(path), "--workers", "0", "--evaluator", FAKE]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"interrupted: 3 points are recorded in {tmp_path / 's.db'}; run the same "
+                   f"command again to resume\n")
+    monkeypatch.delenv("TILESIM_FAKE_INTERRUPT_AT")
+    assert main(["sweep", str(path), "--workers", "0", "--evaluator", FAKE, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["already"], d["ran"]) == (3, 21)
