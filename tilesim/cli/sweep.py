@@ -30,7 +30,9 @@ def add_parser(sub) -> None:
                     "in SQLite as it finishes: re-running skips recorded points, so an "
                     "interrupted sweep resumes where it stopped. --report DB prints the "
                     "table and the Pareto fronts (tokens/s against energy per token, memory "
-                    "cost, area proxy) and, with --out, plots them.")
+                    "cost, area proxy) and, with --out, plots them.",
+        epilog="The sweep file format is described in tilesim/sweep.py; an example: "
+               "configs/sweeps/blackhole-design-space.yaml.")
     s.add_argument("sweep", nargs="?", metavar="SWEEP.yaml", help="the sweep file to run")
     s.add_argument("--db", metavar="FILE",
                    help="results database (default: the sweep file with suffix .db)")
