@@ -15,7 +15,8 @@ the order they were created, so a run is deterministic.
   and write the SRAM as one stream each (sram.py) and take longer when the banks cannot keep up.
 * Vector engine (vector.py): one VOP at a time; throughput cycles (or longer, if the SRAM
   cannot feed it) plus the op's latency.
-* DMA engines (dma.py): a descriptor is cut into requests of at most ``request_bytes`` (never
+* DMA engines (dma.py): a descriptor is coalesced (contiguous dimensions folded into one run),
+  then cut into requests of at most ``request_bytes`` (never
   crossing a ``request_bytes`` boundary of the DRAM side), one per cycle while fewer than
   ``max_outstanding`` are in flight. A load sends a one-flit request over the NoC to the memory
   controller of the channel that owns the address, waits for the DRAM (arch/dram), and carries
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesim.arch import dma as dma_mod
 from tilesim.arch import noc as noc_mod
 from tilesim.arch import sram as sram_mod
 from tilesim.arch import vector as vector_mod
@@ -528,7 +530,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         1, cfg.cores.sram.banks // sram_mod.groups(cfg.cores.sram))
     budget = max_events or 64 * (len(program.instrs) + 1000) + 10**9
     out = _engine.chip_run(
-        program.instrs, i_eng, q_start, q_end, eng_kind, eng_core,
+        dma_mod.coalesce(program.instrs, _BITS), i_eng, q_start, q_end, eng_kind, eng_core,
         tabs["dur_a"], tabs["dur_b"], tabs["s_read"], tabs["s_write"], tabs["s_mask"], _BITS,
         prm, float(cap), core_node, noc.next_link.astype(np.int64), noc.link_dst.astype(np.int64),
         noc.n_links, noc.n_nodes,

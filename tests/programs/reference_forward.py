@@ -1,0 +1,212 @@
+"""An independent numpy reference forward pass of a small dense transformer, in float64.
+
+A test helper, not part of tilesim: the functional test of the compiler runs a tiny random-weight
+model on a simulated chip and compares its logits with :func:`forward_prefill` and
+:func:`forward_decode`. Nothing here imports tilesim's compiler; only the ModelSpec describing the
+model (and its MAC count, which the tests check against :class:`MacCounter`).
+
+Conventions the compiler shares:
+
+- Every projection is ``y = x @ W`` with ``W`` stored ``[fan_in, fan_out]``.
+- Parameter names and shapes (d = d_model, H = n_heads, KV = n_kv_heads, hd = head_dim,
+  F = ffn_dim, V = vocab_size): ``embed`` [V, d]; per layer i ``layer{i}.attn_norm`` [d],
+  ``layer{i}.q`` [d, H*hd], ``layer{i}.k`` and ``layer{i}.v`` [d, KV*hd], ``layer{i}.o``
+  [H*hd, d], ``layer{i}.ffn_norm`` [d], ``layer{i}.gate`` and ``layer{i}.up`` [d, F],
+  ``layer{i}.down`` [F, d]; ``final_norm`` [d]; ``lm_head`` [d, V].
+- RMSNorm: ``x / sqrt(mean(x**2) + eps) * g`` over the last axis.
+- RoPE, "rotate-half" per head: ``x1 = x[..., :hd/2]``, ``x2 = x[..., hd/2:]``,
+  ``inv_freq[i] = theta ** (-2i/hd)``, ``angle = pos * inv_freq``,
+  ``out = concat(x1*cos - x2*sin, x2*cos + x1*sin)``, on q and k; positions are 0-based.
+- Attention: ``softmax(q k^T / sqrt(hd))`` over the keys at or before the query's position;
+  query head h reads KV head ``h // (H / KV)``; heads are the column blocks of q/k/v
+  (head h is columns ``h*hd : (h+1)*hd``), concatenated in head order before ``o``.
+- FFN: ``down(silu(x @ gate) * (x @ up))``; pre-norm residual blocks; final norm; LM head.
+- The KV cache is a list over layers of ``(K, V)``, each ``[B, KV, S, hd]``, K after RoPE.
+
+Prefill computes each query position against its causal prefix of keys (no masked-out products
+are computed), so :class:`MacCounter` counts exactly the multiply-accumulates performed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from tilesim.programs.models import ModelSpec
+
+
+def tiny_spec() -> ModelSpec:
+    """The 2-layer GQA model of the functional test: d_model 64, 4 query heads of 16, 2 KV
+    heads, SwiGLU FFN of 128, RMSNorm, vocabulary 96, 64 positions, fp32 everywhere."""
+    return ModelSpec(name="tiny-gqa", vocab_size=96, d_model=64, n_layers=2, n_heads=4,
+                     n_kv_heads=2, head_dim=16, ffn_dim=128, ffn_kind="swiglu", norm="rms",
+                     norm_eps=1e-5, max_context=64, rope_theta=10000.0, tie_embeddings=False,
+                     qkv_bias=False, attn_out_bias=False, mlp_bias=False,
+                     weight_dtype="fp32", act_dtype="fp32", kv_dtype="fp32")
+
+
+def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in a fixed order."""
+    d, H, KV, hd, F, V = (spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim,
+                          spec.ffn_dim, spec.vocab_size)
+    shapes: dict[str, tuple[int, ...]] = {"embed": (V, d)}
+    for i in range(spec.n_layers):
+        p = f"layer{i}."
+        shapes.update({p + "attn_norm": (d,), p + "q": (d, H * hd), p + "k": (d, KV * hd),
+                       p + "v": (d, KV * hd), p + "o": (H * hd, d), p + "ffn_norm": (d,),
+                       p + "gate": (d, F), p + "up": (d, F), p + "down": (F, d)})
+    shapes.update({"final_norm": (d,), "lm_head": (d, V)})
+    return shapes
+
+
+def random_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
+    """Seeded float64 weights: matrices ~ N(0, 1/sqrt(fan_in)) (standard deviation), the
+    embedding table ~ N(0, 1) (a lookup, not a product), norm scales ~ 1 + 0.1 N(0, 1)."""
+    _check_supported(spec)
+    rng = np.random.default_rng(seed)
+    w = {}
+    for name, shape in weight_shapes(spec).items():
+        if len(shape) == 1:
+            w[name] = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name == "embed":
+            w[name] = rng.standard_normal(shape)
+        else:
+            w[name] = rng.standard_normal(shape) / np.sqrt(shape[0])
+    return w
+
+
+class MacCounter:
+    """Counts multiply-accumulates of every matrix product it performs: an ``a @ b`` with
+    inner dimension k producing ``n`` output elements is ``n x k`` MACs. ``by_part`` uses the
+    terms of ModelSpec.macs_breakdown, ``by_op`` the op names of the op graph."""
+
+    def __init__(self):
+        self.by_part: dict[str, int] = defaultdict(int)
+        self.by_op: dict[str, int] = defaultdict(int)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_part.values())
+
+    def mm(self, a: np.ndarray, b: np.ndarray, part: str, op: str) -> np.ndarray:
+        out = np.matmul(a, b)
+        macs = int(out.size) * int(a.shape[-1])
+        self.by_part[part] += macs
+        self.by_op[op] += macs
+        return out
+
+
+def rms_norm(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+
+def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
+    """Rotate-half RoPE of ``x[..., S, hd]`` at ``positions[S]``."""
+    hd = x.shape[-1]
+    inv_freq = theta ** (-2.0 * np.arange(hd // 2) / hd)
+    angle = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]   # [S, hd/2]
+    cos, sin = np.cos(angle), np.sin(angle)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
+                    counter: MacCounter | None = None):
+    """Run the prompt ``tokens[B, S]``; return (logits ``[B, V]`` of the last position,
+    the KV cache of the S positions)."""
+    _check_supported(spec)
+    tokens = _tokens(spec, tokens, 2)
+    B, S = tokens.shape
+    if not 1 <= S <= spec.max_context:
+        raise ValueError(f"prompt length {S} is not allowed (1 to {spec.max_context})")
+    x = w["embed"][tokens]                                           # [B, S, d]
+    return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter())
+
+
+def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_tokens,
+                   position: int, counter: MacCounter | None = None):
+    """One new token per sequence, ``new_tokens[B]``, at ``position`` = S, the number of cached
+    positions; return (logits ``[B, V]``, the cache extended to S + 1). The input cache is not
+    modified."""
+    _check_supported(spec)
+    new_tokens = _tokens(spec, new_tokens, 1)
+    if len(kv_cache) != spec.n_layers:
+        raise ValueError(f"kv_cache has {len(kv_cache)} layers, the model {spec.n_layers}")
+    cached = kv_cache[0][0].shape[2]
+    if position != cached:
+        raise ValueError(f"position {position} is not the cache length {cached}")
+    if position + 1 > spec.max_context:
+        raise ValueError(f"position {position} is past max_context {spec.max_context}")
+    x = w["embed"][new_tokens][:, None, :]                           # [B, 1, d]
+    return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter())
+
+
+def _forward(spec, w, x, cache, start, counter):
+    """Run ``x[B, T, d]`` (positions start .. start+T-1) through the blocks after ``cache``
+    (per layer (K, V) of the ``start`` earlier positions, or None when start == 0)."""
+    B, T, _ = x.shape
+    H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    kv_of_head = np.arange(H) // (H // KV)
+    positions = np.arange(start, start + T)
+    new_cache = []
+    for i in range(spec.n_layers):
+        p = f"layer{i}."
+        h = rms_norm(x, w[p + "attn_norm"], spec.norm_eps)
+        q = counter.mm(h, w[p + "q"], "attn_proj", p + "q")
+        k = counter.mm(h, w[p + "k"], "attn_proj", p + "k")
+        v = counter.mm(h, w[p + "v"], "attn_proj", p + "v")
+        q = rope(q.reshape(B, T, H, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
+        k = rope(k.reshape(B, T, KV, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
+        v = v.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+        if cache[i] is not None:
+            k = np.concatenate([cache[i][0], k], axis=2)
+            v = np.concatenate([cache[i][1], v], axis=2)
+        new_cache.append((k, v))
+        keys, values = k[:, kv_of_head], v[:, kv_of_head]            # [B, H, start+T, hd]
+        out = np.empty((B, H, T, hd))
+        for t in range(T):
+            seen = start + t + 1                                      # causal prefix
+            scores = counter.mm(q[:, :, t:t + 1, :], keys[:, :, :seen, :].transpose(0, 1, 3, 2),
+                                "attn_scores", p + "attention") / np.sqrt(hd)
+            out[:, :, t:t + 1, :] = counter.mm(softmax(scores), values[:, :, :seen, :],
+                                               "attn_values", p + "attention")
+        attn = out.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+        x = x + counter.mm(attn, w[p + "o"], "attn_proj", p + "o")
+        h = rms_norm(x, w[p + "ffn_norm"], spec.norm_eps)
+        gate = counter.mm(h, w[p + "gate"], "ffn_dense", p + "gate")
+        up = counter.mm(h, w[p + "up"], "ffn_dense", p + "up")
+        x = x + counter.mm(silu(gate) * up, w[p + "down"], "ffn_dense", p + "down")
+    last = rms_norm(x[:, -1, :], w["final_norm"], spec.norm_eps)
+    return counter.mm(last, w["lm_head"], "lm_head", "lm_head"), new_cache
+
+
+def _tokens(spec: ModelSpec, tokens, ndim: int) -> np.ndarray:
+    t = np.asarray(tokens)
+    if t.ndim != ndim or t.shape[0] < 1 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"tokens must be a {ndim}-d integer array with a batch >= 1, "
+                         f"not {t.dtype}{list(t.shape)}")
+    if t.size and (t.min() < 0 or t.max() >= spec.vocab_size):
+        raise ValueError(f"token ids must be in 0..{spec.vocab_size - 1}")
+    return t
+
+
+def _check_supported(spec: ModelSpec) -> None:
+    """The reference covers dense, RMSNorm, SwiGLU, RoPE models without biases or windows."""
+    unsupported = [name for name, bad in (
+        ("MLA", spec.attention == "mla"), ("MoE", spec.is_moe), ("gelu", spec.ffn_kind != "swiglu"),
+        ("layer norm", spec.norm != "rms"), ("learned positions", spec.rope_theta == 0),
+        ("biases", spec.qkv_bias or spec.attn_out_bias or spec.mlp_bias),
+        ("sliding window", spec.sliding_window > 0), ("tied embeddings", spec.tie_embeddings),
+        ("odd head_dim", spec.head_dim % 2 == 1)) if bad]
+    if unsupported:
+        raise ValueError(f"reference forward does not model {', '.join(unsupported)} "
+                         f"(model {spec.name!r})")

@@ -1,0 +1,73 @@
+"""DMA engines: strided tensor descriptors, and how they are cut into requests.
+
+A LOAD, STORE or COPY names up to four dimensions (``shape``, innermost last) with a byte
+stride per dimension on each side. The engine walks the descriptor one *run* at a time: the
+innermost dimension when its elements are contiguous on both sides, else one element. A run is
+cut into requests of at most ``cores.dma.request_bytes`` that never cross a
+``request_bytes``-aligned block of the far side (DRAM for load/store, the other SRAM for copy),
+nor a DRAM chunk. The event loop (``_engine.chip_run``) issues one request per cycle while
+fewer than ``cores.dma.max_outstanding`` are in flight.
+
+Like real descriptor-based DMA engines, the engine first *coalesces* the descriptor: a
+dimension whose step equals the whole extent of the dimension inside it, on both sides, is
+folded into it, so a tile that is contiguous in DRAM and in SRAM moves as one long run (few
+full-size requests) rather than row by row (one short request, and so one whole DRAM burst, per
+row). :func:`coalesce` does this once per program, before the loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tilesim.isa.opcodes import Op
+
+DMA_OPS = (Op.LOAD, Op.STORE, Op.COPY)
+
+
+def coalesce(instrs: np.ndarray, elem_bits: np.ndarray) -> np.ndarray:
+    """A copy of ``instrs`` whose DMA descriptors have contiguous dimensions folded inward.
+
+    Dimension d (0..2) folds into the innermost when the innermost run is contiguous on both
+    sides (stride[3] = element bytes, or shape[3] = 1) and stride[d] = extent of the run on
+    both sides; dimensions of extent 1 are skipped over. Packed (sub-byte) types are left
+    alone. Bytes moved and addresses touched do not change, only the number of runs."""
+    out = instrs.copy()
+    dma = np.isin(out["op"], DMA_OPS)
+    bits = elem_bits[out["dtype"]]
+    sel = np.nonzero(dma & (bits >= 8))[0]
+    if sel.size == 0:
+        return out
+    eb = bits[sel] // 8
+    shape = np.maximum(out["shape"][sel].astype(np.int64), 1)
+    ss = out["src_stride"][sel].astype(np.int64)
+    ds = out["dst_stride"][sel].astype(np.int64)
+    inner_ok = (((ss[:, 3] == eb) & (ds[:, 3] == eb)) | (shape[:, 3] == 1))
+    # a run of one element is contiguous whatever its stride: normalise it
+    ss[:, 3] = np.where(inner_ok, eb, ss[:, 3])
+    ds[:, 3] = np.where(inner_ok, eb, ds[:, 3])
+    for d in (2, 1, 0):
+        extent = shape[:, 3] * eb
+        fold = inner_ok & ((shape[:, d] == 1)
+                           | ((ss[:, d] == extent) & (ds[:, d] == extent)))
+        # only fold d if every dimension between d and the innermost has been folded already
+        between = np.ones(sel.size, bool)
+        for e in range(d + 1, 3):
+            between &= shape[:, e] == 1
+        fold &= between
+        shape[:, 3] = np.where(fold, shape[:, 3] * shape[:, d], shape[:, 3])
+        shape[:, d] = np.where(fold, 1, shape[:, d])
+        ss[:, d] = np.where(fold, 0, ss[:, d])
+        ds[:, d] = np.where(fold, 0, ds[:, d])
+    out["shape"][sel] = shape
+    out["src_stride"][sel] = ss
+    out["dst_stride"][sel] = ds
+    return out
+
+
+def descriptor_bytes(instrs: np.ndarray, elem_bits: np.ndarray) -> np.ndarray:
+    """Bytes each instruction's descriptor moves (0 for non-DMA instructions): the elements
+    times their size, rounding each innermost run of packed types up to whole bytes."""
+    shape = np.maximum(instrs["shape"].astype(np.int64), 1)
+    bits = elem_bits[instrs["dtype"]]
+    runs = shape[:, 0] * shape[:, 1] * shape[:, 2]
+    out = runs * ((shape[:, 3] * bits + 7) // 8)
+    return np.where(np.isin(instrs["op"], DMA_OPS), out, 0)

@@ -1,0 +1,1018 @@
+"""Code generation: ops of the graph (graph.py) -> one tile program (tilesim.isa).
+
+Ops run one after another: every queue's first instruction of op j waits until every store of
+op j-1 has completed (a chip-wide barrier on the semaphore ``<op>.done``; everything an op does
+feeds one of its stores, so its stores finishing means it is finished). Activations pass between
+ops through DRAM, as row-major ``[rows x cols]`` tensors; weights sit in DRAM in the tiled
+layout their matmul reads (``Layout.weight_strips``); each layer has a KV cache
+``[batch, kv_heads, positions, width]``. Inside an op, the DMA engines double-buffer through
+semaphores so loads overlap compute.
+
+Per kind:
+
+- matmul, router, lm_head, moe_experts: :mod:`mapping` tiles; weights stream in chunks, two
+  slots alternating between the DMA engines; ``ldw`` + ``mm`` per array-row step; the fp32
+  accumulator is converted to the activation type by the vector engine and stored.
+- norm (RMS or layer), residual_add, activation (silu(gate) * up, or gelu), rope: row blocks
+  spread over the cores, a handful of vector ops each.
+- attention: per (sequence, kv head[, query block]) unit, the new keys/values are appended to
+  the cache, then the cache streams through in chunks with an online softmax (running max,
+  rescaled sum and accumulator), FlashAttention style; causal masks are additive tiles.
+- embedding: rows of the table gathered by token id; topk: ``top_k`` max-reductions over the
+  router scores (timing only: routing is taken as uniform, see graph.py).
+
+Functional mode needs every value right, and is exercised on dense GQA models (tests); MLA and
+MoE programs have the right shapes, bytes and MACs but their dataflow is simplified (the MLA
+query is one tensor; experts read their tokens' rows in order), so their values are not meant
+to be checked.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesim.config import ChipConfig
+from tilesim.dtypes import DTYPES
+from tilesim.isa.opcodes import Engine, Flag, Op, VecOp
+from tilesim.isa.program import Program, ProgramBuilder
+from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
+                                      split)
+
+NEG = -1e30    # the additive mask value: exp(NEG - max) underflows to 0 in every float type
+
+
+def _code(dt: str) -> int:
+    return DTYPES[dt].code
+
+
+def _eb(dt: str) -> int:
+    return max(DTYPES[dt].bits // 8, 1)
+
+
+@dataclass
+class Tensor:
+    """A row-major [rows x cols] array in DRAM."""
+
+    name: str
+    addr: int
+    rows: int
+    cols: int
+    dtype: str
+
+    @property
+    def row_bytes(self) -> int:
+        return nbytes(self.cols, self.dtype)
+
+    def at(self, r: int, c: int = 0) -> int:
+        return self.addr + r * self.row_bytes + nbytes(c, self.dtype)
+
+
+class Layout:
+    """The DRAM image of a step: weights, KV caches, activations and constants (bump
+    allocation, 4 KiB aligned). ``values`` holds arrays to write before a functional run."""
+
+    def __init__(self):
+        self.top = 0
+        self.tensors: dict[str, Tensor] = {}
+        self.values: dict[str, np.ndarray] = {}     # tensor name -> values in its layout
+
+    def tensor(self, name: str, rows: int, cols: int, dtype: str) -> Tensor:
+        t = self.tensors.get(name)
+        if t is None:
+            t = Tensor(name, self.top, rows, cols, dtype)
+            self.top = align(self.top + rows * t.row_bytes + 64, 4096)
+            self.tensors[name] = t
+        return t
+
+
+class Emitter:
+    """A ProgramBuilder with op barriers, per-op SRAM allocation and instruction tags."""
+
+    def __init__(self, cfg: ChipConfig, name: str):
+        self.cfg = cfg
+        self.cores = cfg.cores.count
+        self.dma = cfg.cores.dma.engines
+        self.b = ProgramBuilder(self.cores, self.dma, name)
+        self.tags: dict[tuple[int, int], list[int]] = {}
+        self.ops: list[str] = []
+        self.prev: tuple[int, int] | None = None   # (done sem, count) of the previous op
+        self.done = -1
+        self.done_count = 0
+        self.fresh: set = set()
+        self.sram_top = [0] * self.cores
+        self.sram_size = cfg.cores.sram.size_bytes
+
+    # ---- ops and barriers -----------------------------------------------------------------
+    def begin(self, name: str) -> None:
+        if self.done_count:
+            self.prev = (self.done, self.done_count)
+        self.ops.append(name)
+        self.done = self.b.sem(f"{name}.done")
+        self.done_count = 0
+        self.fresh = set()
+        self.sram_top = [0] * self.cores
+        self._n = 0
+
+    def sem(self, name: str) -> int:
+        return self.b.sem(f"{self.ops[-1]}.{name}")
+
+    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
+        key = (core, int(engine))
+        wait = [w for w in wait if w is not None]
+        if key not in self.fresh:
+            self.fresh.add(key)
+            if self.prev is not None:
+                if len(wait) >= 2:
+                    self._raw(core, engine, [self.prev], [], op=Op.NOP)
+                else:
+                    wait = wait + [self.prev]
+        signal = [s for s in signal if s is not None]
+        if final:
+            signal = signal + [self.done]
+            self.done_count += 1
+        self._raw(core, engine, wait, signal, **f)
+
+    def _raw(self, core, engine, wait, signal, **f):
+        self.b.emit(core, engine, wait=wait, signal=signal, **f)
+        self.tags.setdefault((core, int(engine)), []).append(len(self.ops) - 1)
+
+    def alloc(self, core: int, nbytes_: int) -> int:
+        a = self.sram_top[core]
+        self.sram_top[core] = align(a + nbytes_)
+        if self.sram_top[core] > self.sram_size:
+            from tilesim.errors import InputError
+            raise InputError(f"{self.cfg.name}: op {self.ops[-1]} needs {self.sram_top[core]} "
+                             f"bytes of SRAM on core {core}; cores.sram.size_bytes is "
+                             f"{self.sram_size}")
+        return a
+
+    def build(self) -> tuple[Program, np.ndarray]:
+        prog = self.b.build()
+        tags = np.zeros(len(prog.instrs), np.int64)
+        n_e = prog.engines_per_core
+        for c in range(prog.n_cores):
+            for e in range(n_e):
+                s, n = int(prog.queue_start[c, e]), int(prog.queue_len[c, e])
+                if n:
+                    tags[s:s + n] = self.tags[(c, e)]
+        return prog, tags
+
+    # ---- instruction helpers --------------------------------------------------------------
+    def load(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
+             heads=1, src_head=0, dst_head=0, final=False):
+        """DRAM -> SRAM: [heads x] rows x cols elements."""
+        e = _eb(dt)
+        self.emit(core, Engine.DMA + dma, wait, signal, final, op=Op.LOAD, src_addr=src,
+                  dst_addr=dst, shape=(1, heads, rows, cols),
+                  src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
+                  dtype=_code(dt))
+
+    def store(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
+              heads=1, src_head=0, dst_head=0, final=True):
+        e = _eb(dt)
+        self.emit(core, Engine.DMA + dma, wait, signal, final, op=Op.STORE, src_addr=src,
+                  dst_addr=dst, shape=(1, heads, rows, cols),
+                  src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
+                  dtype=_code(dt))
+
+    def vop(self, core, vop, src, dst, rows, cols, src_row, dst_row, dt, dt2=None, src2=0,
+            src2_row=0, flags=0, imm=0.0, wait=(), signal=()):
+        self.emit(core, Engine.VECTOR, wait, signal, op=Op.VOP, vop=int(vop), src_addr=src,
+                  src2_addr=src2, dst_addr=dst, shape=(1, 1, rows, cols),
+                  src_stride=(0, 0, src_row, 0), dst_stride=(0, 0, dst_row, 0),
+                  src2_stride=src2_row, dtype=_code(dt), dtype2=_code(dt2 or dt),
+                  flags=int(flags), imm=float(imm))
+
+
+# ============================================================================================
+# Matmul
+# ============================================================================================
+
+
+@dataclass
+class MatmulJob:
+    """``count`` products Y_c = X_c @ W_c. X_c, Y_c are column ranges of DRAM tensors."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+    count: int
+    x: Tensor
+    y: Tensor
+    weight: str                      # weight tensor name prefix in the layout
+    x_col: list = field(default_factory=lambda: [0])    # column offset of X_c in x
+    y_col: list = field(default_factory=lambda: [0])
+    x_rows: list = field(default_factory=lambda: [0])   # row offset of X_c (experts)
+    y_rows: list = field(default_factory=lambda: [0])
+    x_row_step: int = 1              # X row r is x row x_rows + r * x_row_step
+
+
+def weight_strips(w: np.ndarray, width: int) -> np.ndarray:
+    """A [k x n] weight in the DRAM layout the matmul reads: n-tiles of ``width`` columns one
+    after another, each a row-major [k x width_j] strip."""
+    k, n = w.shape
+    return np.concatenate([w[:, j:j + width].reshape(-1) for j in range(0, n, width)])
+
+
+def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
+                weights: dict | None) -> None:
+    cfg = em.cfg
+    sa = cfg.cores.systolic
+    in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
+    plan = plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt, act_dt=act)
+    m, k, n = job.m, job.k, job.n
+    w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
+    n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
+    # weights in DRAM: per product, strips of w columns
+    wt = []
+    for c in range(job.count):
+        t = lay.tensor(f"{job.weight}#{c}" if job.count > 1 else job.weight, 1,
+                       k * n, wdt)
+        wt.append(t)
+        if weights is not None and t.name not in lay.values:
+            src = weights[job.weight][c] if job.count > 1 else weights[job.weight]
+            lay.values[t.name] = weight_strips(np.asarray(src), w)
+    units = [(c, mblk, j) for c in range(job.count) for mblk in range(m_blocks)
+             for j in range(n_tiles)]
+    conv_w = wdt != w_dt
+    conv_x = act != in_dt
+    for core, run in enumerate(split(len(units), em.cores)):
+        if not len(run):
+            continue
+        xres = em.alloc(core, nbytes(mb * k, in_dt)) if plan.resident else None
+        xstage = em.alloc(core, nbytes(mb * k, act)) if plan.resident and conv_x else None
+        xs = [em.alloc(core, nbytes(mb * kl, in_dt)) for _ in range(2)] if not plan.resident else None
+        xraw = [em.alloc(core, nbytes(mb * kl, act)) for _ in range(2)] \
+            if not plan.resident and conv_x else None
+        ws = [em.alloc(core, nbytes(kl * w, w_dt)) for _ in range(2)]
+        wraw = [em.alloc(core, nbytes(kl * w, wdt)) for _ in range(2)] if conv_w else None
+        acc = em.alloc(core, nbytes(mb * w, acc_dt))
+        out = em.alloc(core, nbytes(mb * w, act))
+        full = [em.sem(f"c{core}.full{s}") for s in (0, 1)]
+        empty = [em.sem(f"c{core}.empty{s}") for s in (0, 1)]
+        conv = [em.sem(f"c{core}.conv{s}") for s in (0, 1)]
+        xready = em.sem(f"c{core}.x")
+        accd = em.sem(f"c{core}.acc")
+        outd = em.sem(f"c{core}.out")
+        stored = em.sem(f"c{core}.stored")
+        per_fill = 1 + (0 if plan.resident else 1)   # loads signalling full per chunk
+        fills = [0, 0]
+        uses = [0, 0]
+        n_chunk = 0
+        x_loaded = 0
+        x_waited = 0
+        cur_x = None
+        n_acc = 0
+        for u in run:
+            c, mblk, j = units[u]
+            r0 = mblk * mb
+            rows = min(mb, m - r0)
+            wj = min(w, n - j * w)
+            x_row_addr = job.x.at(job.x_rows[c % len(job.x_rows)] + r0 * job.x_row_step,
+                                  job.x_col[c % len(job.x_col)])
+            x_row_stride = job.x.row_bytes * job.x_row_step
+            # resident X: load the [rows x k] block once per (product, m-block)
+            if plan.resident and cur_x != (c, mblk):
+                cur_x = (c, mblk)
+                dst = xstage if conv_x else xres
+                em.load(core, 0, x_row_addr, dst, rows, k, x_row_stride, nbytes(k, act), act,
+                        wait=[(accd, n_acc) if n_acc else None], signal=[xready])
+                x_loaded += 1
+                if conv_x:
+                    em.vop(core, VecOp.CONVERT, xstage, xres, rows, k, nbytes(k, act),
+                           nbytes(k, in_dt), act, in_dt, wait=[(xready, x_loaded)],
+                           signal=[xready])
+                    x_loaded += 1
+            strip = wt[c].addr + nbytes(k * j * w, wdt)
+            steps = ceil_div(k, kl)
+            for s in range(steps):
+                k0 = s * kl
+                kr = min(kl, k - k0)
+                slot = n_chunk % 2
+                dma = slot % max(1, em.dma)
+                wait_empty = (empty[slot], uses[slot]) if fills[slot] else None
+                dst = wraw[slot] if conv_w else ws[slot]
+                em.load(core, dma, strip + nbytes(k0 * wj, wdt), dst, 1, kr * wj, 0, 0, wdt,
+                        wait=[wait_empty], signal=[full[slot]])
+                if not plan.resident:
+                    xdst = xraw[slot] if conv_x else xs[slot]
+                    em.load(core, dma, x_row_addr + nbytes(k0, act), xdst, rows, kr,
+                            x_row_stride, nbytes(kr, act), act, signal=[full[slot]])
+                fills[slot] += 1
+                need_full = fills[slot] * per_fill
+                wait_mat = [(full[slot], need_full)]
+                cx = conv_x and not plan.resident
+                if conv_w:
+                    em.vop(core, VecOp.CONVERT, wraw[slot], ws[slot], 1, kr * wj, 0, 0,
+                           wdt, w_dt, wait=wait_mat, signal=[] if cx else [conv[slot]])
+                if cx:
+                    em.vop(core, VecOp.CONVERT, xraw[slot], xs[slot], rows, kr,
+                           nbytes(kr, act), nbytes(kr, in_dt), act, in_dt,
+                           wait=() if conv_w else wait_mat, signal=[conv[slot]])
+                if conv_w or cx:
+                    wait_mat = [(conv[slot], fills[slot])]
+                if plan.resident and x_waited != x_loaded:
+                    wait_mat.append((xready, x_loaded))
+                    x_waited = x_loaded
+                for t in range(ceil_div(kr, kt)):
+                    kk = min(kt, kr - t * kt)
+                    first = s == 0 and t == 0
+                    last = s == steps - 1 and t == ceil_div(kr, kt) - 1
+                    waits = wait_mat if t == 0 else []
+                    em.emit(core, Engine.MATRIX, waits, [], op=Op.LDW,
+                            src_addr=ws[slot] + nbytes(t * kt * wj, w_dt), k=kk, n=wj,
+                            src_stride=(0, 0, nbytes(wj, w_dt), 0), dtype=_code(w_dt))
+                    if plan.resident:
+                        a_addr, a_row = xres + nbytes(k0 + t * kt, in_dt), nbytes(k, in_dt)
+                    else:
+                        a_addr, a_row = xs[slot] + nbytes(t * kt, in_dt), nbytes(kr, in_dt)
+                    sig = []
+                    if t == ceil_div(kr, kt) - 1:
+                        sig.append(empty[slot])
+                    if last:
+                        sig.append(accd)
+                    # the accumulator is free once the previous tile has been converted
+                    mw = [(outd, n_acc)] if first and n_acc else []
+                    em.emit(core, Engine.MATRIX, mw, sig, op=Op.MM, src_addr=a_addr,
+                            dst_addr=acc, m=rows, k=kk, n=wj,
+                            src_stride=(0, 0, a_row, 0),
+                            dst_stride=(0, 0, nbytes(wj, acc_dt), 0), dtype=_code(in_dt),
+                            dtype2=_code(acc_dt), flags=0 if first else int(Flag.ACCUMULATE))
+                uses[slot] += 1
+                n_chunk += 1
+            n_acc += 1
+            # convert the accumulator to the activation type, then store it
+            em.vop(core, VecOp.CONVERT, acc, out, rows, wj, nbytes(wj, acc_dt), nbytes(wj, act),
+                   acc_dt, act, wait=[(accd, n_acc), (stored, n_acc - 1) if n_acc > 1 else None],
+                   signal=[outd])
+            y_addr = job.y.at(job.y_rows[c % len(job.y_rows)] + r0, job.y_col[c % len(job.y_col)]
+                              + j * w)
+            em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), job.y.row_bytes,
+                     act, wait=[(outd, n_acc)], signal=[stored])
+
+
+# ============================================================================================
+# Row-wise vector ops
+# ============================================================================================
+
+
+def _row_plan(em: Emitter, rows: int, row_bytes: int, buffers: int):
+    budget = em.sram_size // (buffers + 1)
+    rb = row_blocks(rows, row_bytes, budget)
+    blocks = [(r, min(rb, rows - r)) for r in range(0, rows, rb)]
+    return rb, blocks
+
+
+def emit_norm(em: Emitter, lay: Layout, x: Tensor, y: Tensor, rows: int, dim: int, kind: str,
+              eps: float, gamma: str, beta: str | None, act: str, weights: dict | None,
+              x_row0: int = 0, x_row_step: int = 1, x_col: int = 0, y_col: int = 0) -> None:
+    """y = norm(x) * gamma (+ beta). fp32 inside."""
+    f32 = "fp32"
+    g = lay.tensor(gamma, 1, dim, act)
+    if weights is not None and gamma in weights:
+        lay.values[gamma] = np.asarray(weights[gamma]).reshape(1, dim)
+    bt = lay.tensor(beta, 1, dim, act) if beta else None
+    if weights is not None and beta and beta in weights:
+        lay.values[beta] = np.asarray(weights[beta]).reshape(1, dim)
+    rb, blocks = _row_plan(em, rows, dim * 4, 4)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        xb = em.alloc(core, nbytes(rb * dim, act))
+        xf = em.alloc(core, nbytes(rb * dim, f32))
+        sq = em.alloc(core, nbytes(rb * dim, f32))
+        s = em.alloc(core, nbytes(rb, f32) + 64)
+        ga = em.alloc(core, nbytes(dim, act))
+        be = em.alloc(core, nbytes(dim, act)) if bt else None
+        yb = em.alloc(core, nbytes(rb * dim, act))
+        ld = em.sem(f"c{core}.ld")
+        vd = em.sem(f"c{core}.vd")
+        st = em.sem(f"c{core}.st")
+        em.load(core, 0, g.addr, ga, 1, dim, 0, 0, act, signal=[ld])
+        nld = 1
+        if bt:
+            em.load(core, 0, bt.addr, be, 1, dim, 0, 0, act, signal=[ld])
+            nld += 1
+        rowb = nbytes(dim, f32)
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            src = x.at(x_row0 + r0 * x_row_step, x_col)
+            em.load(core, 0, src, xb, nr, dim, x.row_bytes * x_row_step, nbytes(dim, act), act,
+                    wait=[(vd, i) if i else None], signal=[ld])
+            nld += 1
+            em.vop(core, VecOp.CONVERT, xb, xf, nr, dim, nbytes(dim, act), rowb, act, f32,
+                   wait=[(ld, nld), (st, i) if i else None])
+            if kind == "layer":
+                em.vop(core, VecOp.REDUCE_SUM, xf, s, nr, dim, rowb, 4, f32)
+                em.vop(core, VecOp.MUL, s, s, nr, 1, 4, 4, f32, flags=Flag.BCAST_IMM,
+                       imm=1.0 / dim)
+                em.vop(core, VecOp.SUB, xf, xf, nr, dim, rowb, rowb, f32, src2=s,
+                       flags=Flag.BCAST_ROW)
+            em.vop(core, VecOp.MUL, xf, sq, nr, dim, rowb, rowb, f32, src2=xf, src2_row=rowb)
+            em.vop(core, VecOp.REDUCE_SUM, sq, s, nr, dim, rowb, 4, f32)
+            em.vop(core, VecOp.MUL, s, s, nr, 1, 4, 4, f32, flags=Flag.BCAST_IMM, imm=1.0 / dim)
+            em.vop(core, VecOp.RSQRT, s, s, nr, 1, 4, 4, f32, imm=eps)
+            em.vop(core, VecOp.MUL, xf, xf, nr, dim, rowb, rowb, f32, src2=s, flags=Flag.BCAST_ROW)
+            last_dt = act if not bt else f32
+            em.vop(core, VecOp.MUL, xf, yb if not bt else xf, nr, dim, rowb,
+                   nbytes(dim, act) if not bt else rowb, f32, last_dt, src2=ga,
+                   flags=Flag.BCAST_COL, signal=[] if bt else [vd])
+            if bt:
+                em.vop(core, VecOp.ADD, xf, yb, nr, dim, rowb, nbytes(dim, act), f32, act,
+                       src2=be, flags=Flag.BCAST_COL, signal=[vd])
+            em.store(core, em.dma - 1, yb, y.at(r0, y_col), nr, dim, nbytes(dim, act),
+                     y.row_bytes, act, wait=[(vd, i + 1)], signal=[st])
+
+
+def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: int, fn: str,
+                act: str) -> None:
+    """y = a + b (``add``), silu(a) * b (``silu_mul``) or gelu(a) (``gelu``, b unused)."""
+    f32 = "fp32"
+    rb, blocks = _row_plan(em, rows, cols * 12, 1)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        ab = em.alloc(core, nbytes(rb * cols, act))
+        bb = em.alloc(core, nbytes(rb * cols, act))
+        tf = em.alloc(core, nbytes(rb * cols, f32))
+        yb = em.alloc(core, nbytes(rb * cols, act))
+        ld = em.sem(f"c{core}.ld")
+        vd = em.sem(f"c{core}.vd")
+        st = em.sem(f"c{core}.st")
+        nld = 0
+        rowa, rowf = nbytes(cols, act), nbytes(cols, f32)
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            em.load(core, 0, a.at(r0), ab, nr, cols, a.row_bytes, rowa, act,
+                    wait=[(vd, i) if i else None], signal=[ld])
+            nld += 1
+            if fn != "gelu":
+                em.load(core, 0, b.at(r0), bb, nr, cols, b.row_bytes, rowa, act, signal=[ld])
+                nld += 1
+            w = [(ld, nld), (st, i) if i else None]
+            if fn == "add":
+                em.vop(core, VecOp.ADD, ab, yb, nr, cols, rowa, rowa, act, src2=bb, src2_row=rowa,
+                       wait=w, signal=[vd])
+            elif fn == "silu_mul":
+                em.vop(core, VecOp.SILU, ab, tf, nr, cols, rowa, rowf, act, f32, wait=w)
+                em.vop(core, VecOp.CONVERT, bb, yb, nr, cols, rowa, rowa, act, act)
+                em.vop(core, VecOp.MUL, tf, yb, nr, cols, rowf, rowa, f32, act, src2=yb,
+                       src2_row=rowa, signal=[vd])
+            else:
+                em.vop(core, VecOp.GELU, ab, yb, nr, cols, rowa, rowa, act, wait=w, signal=[vd])
+            em.store(core, em.dma - 1, yb, y.at(r0), nr, cols, rowa, y.row_bytes, act,
+                     wait=[(vd, i + 1)], signal=[st])
+
+
+def rope_table(positions: np.ndarray, rot_dim: int, theta: float) -> np.ndarray:
+    """[cos | sin] rows for the rotate-half RoPE: angle = pos * theta^(-2i/rot_dim)."""
+    half = rot_dim // 2
+    inv = theta ** (-np.arange(half) * 2.0 / rot_dim)
+    ang = positions[:, None].astype(np.float64) * inv[None, :]
+    return np.concatenate([np.cos(ang), np.sin(ang)], axis=1)
+
+
+def emit_rope(em: Emitter, lay: Layout, parts: list, rows: int, rot_dim: int,
+              positions: np.ndarray, theta: float, act: str, tag: str) -> None:
+    """Rotate ``rot_dim`` columns of every head of each part in place.
+
+    parts: [(tensor, heads, head_stride_elems, rot_offset_elems)]."""
+    table = lay.tensor(f"{tag}.rope_table", rows, rot_dim, act)
+    lay.values[table.name] = rope_table(positions, rot_dim, theta)
+    width = sum(t.cols for t, *_ in parts)
+    rb, blocks = _row_plan(em, rows, nbytes(width + rot_dim, act), 1)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        tb = em.alloc(core, nbytes(rb * rot_dim, act))
+        xb = [em.alloc(core, nbytes(rb * t.cols, act)) for t, *_ in parts]
+        ld = em.sem(f"c{core}.ld")
+        vd = em.sem(f"c{core}.vd")
+        st = em.sem(f"c{core}.st")
+        nld = nvd = nst = 0
+        rt = nbytes(rot_dim, act)
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            em.load(core, 0, table.at(r0), tb, nr, rot_dim, table.row_bytes, rt, act,
+                    wait=[(st, nst) if nst else None], signal=[ld])
+            nld += 1
+            for p, (t, heads, hs, off) in enumerate(parts):
+                rowx = t.row_bytes
+                em.load(core, 0, t.at(r0), xb[p], nr, t.cols, t.row_bytes, rowx, act, signal=[ld])
+                nld += 1
+                for h in range(heads):
+                    a = xb[p] + nbytes(h * hs + off, act)
+                    em.vop(core, VecOp.ROPE, a, a, nr, rot_dim, rowx, rowx, act, src2=tb,
+                           src2_row=rt, wait=[(ld, nld)] if h == 0 else (),
+                           signal=[vd] if h == heads - 1 else ())
+                nvd += 1
+                em.store(core, em.dma - 1, xb[p], t.at(r0), nr, t.cols, rowx, t.row_bytes, act,
+                         wait=[(vd, nvd)], signal=[st])
+                nst += 1
+
+
+# ============================================================================================
+# Attention
+# ============================================================================================
+
+
+@dataclass
+class AttnJob:
+    name: str
+    batch: int
+    q_heads: int
+    kv_heads: int
+    queries: int            # per sequence
+    keys: int               # per sequence, after the append
+    start: int              # position of the first query (decode: context; prefill: 0)
+    causal: bool
+    score_width: int
+    value_width: int
+    shared_kv: bool         # MLA: values are the first value_width columns of the key rows
+    q: Tensor               # [B*queries, q_heads * score_width]
+    k_new: Tensor           # [B*queries, kv_heads * score_width] (rows to append)
+    v_new: Tensor | None
+    out: Tensor             # [B*queries, q_heads * value_width]
+    cache_k: Tensor         # [B*kv_heads*positions, score_width]
+    cache_v: Tensor | None
+    positions: int          # cache rows per (sequence, kv head)
+    window: int = 0
+
+
+def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) -> None:
+    cfg = em.cfg
+    sa = cfg.cores.systolic
+    in_dt, acc = sa.input_dtype, sa.acc_dtype
+    f32 = "fp32"
+    g = job.q_heads // job.kv_heads
+    sw, vw = job.score_width, job.value_width
+    ck = min(sa.rows, sa.cols)
+    # query blocks: rows = g heads x qb queries
+    per_row = (nbytes(sw, in_dt) + 2 * nbytes(ck, f32) + nbytes(ck, in_dt) + nbytes(vw, acc)
+               + nbytes(vw, act) + 5 * 4)
+    fixed = 2 * nbytes(ck * sw, kvdt) + (0 if job.shared_kv else 2 * nbytes(ck * vw, kvdt))
+    stage_rows = 64
+    fixed += nbytes(stage_rows * max(sw, vw), act) + 20 * ALIGN
+    r_max = max(g, (em.sram_size - fixed) // per_row)
+    qb = max(1, min(job.queries, r_max // g))
+    q_blocks = ceil_div(job.queries, qb)
+    units = [(b, h, qi) for b in range(job.batch) for h in range(job.kv_heads)
+             for qi in range(q_blocks)]
+    mask_tiles: dict = {}
+    qrow_bytes = job.q.row_bytes
+    scale = 1.0 / math.sqrt(sw if not job.shared_kv else sw)
+    for core, run in enumerate(split(len(units), em.cores)):
+        if not len(run):
+            continue
+        R = g * qb
+        qs = em.alloc(core, nbytes(R * sw, in_dt))
+        kbuf = [em.alloc(core, nbytes(ck * sw, kvdt)) for _ in (0, 1)]
+        vbuf = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] if not job.shared_kv \
+            else kbuf
+        S = em.alloc(core, nbytes(R * ck, f32))
+        P = em.alloc(core, nbytes(R * ck, in_dt))
+        mk = em.alloc(core, nbytes(R * ck, f32))
+        m = [em.alloc(core, nbytes(R, f32) + 64) for _ in (0, 1)]
+        mc = em.alloc(core, nbytes(R, f32) + 64)
+        al = em.alloc(core, nbytes(R, f32) + 64)
+        lsum = em.alloc(core, nbytes(R, f32) + 64)
+        lc = em.alloc(core, nbytes(R, f32) + 64)
+        accb = em.alloc(core, nbytes(R * vw, acc))
+        ob = em.alloc(core, nbytes(R * vw, act))
+        stage = em.alloc(core, nbytes(stage_rows * max(sw, vw), act))
+        sem = {n: em.sem(f"c{core}.{n}") for n in
+               ("app", "appst", "q", "full0", "full1", "sc", "p", "pv", "o", "st", "mk", "mkf")}
+        cnt = dict.fromkeys(sem, 0)
+        chunk_no = 0
+        rowq = nbytes(sw, in_dt)
+        rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
+        for ui in run:
+            b, h, qi = units[ui]
+            q0 = qi * qb
+            nq = min(qb, job.queries - q0)
+            rows = g * nq
+            # 1. append this (sequence, kv head)'s new keys/values to the cache (once per
+            #    sequence and head: on the first query block)
+            if qi == 0:
+                for t_new, cache, width in ((job.k_new, job.cache_k, sw),
+                                            (job.v_new, job.cache_v, vw)):
+                    if t_new is None or cache is None:
+                        continue
+                    for a0 in range(0, job.queries, stage_rows):
+                        na = min(stage_rows, job.queries - a0)
+                        src = t_new.at(b * job.queries + a0, h * width)
+                        dst = cache.at((b * job.kv_heads + h) * job.positions + job.start + a0)
+                        em.load(core, 0, src, stage, na, width, t_new.row_bytes,
+                                nbytes(width, act), act,
+                                wait=[(sem["appst"], cnt["appst"]) if cnt["appst"] else None],
+                                signal=[sem["app"]])
+                        cnt["app"] += 1
+                        em.store(core, em.dma - 1, stage, dst, na, width,
+                                 nbytes(width, act), cache.row_bytes, act,
+                                 wait=[(sem["app"], cnt["app"])], signal=[sem["appst"]])
+                        cnt["appst"] += 1
+            # 2. the query block: g heads x nq queries, scaled by 1/sqrt(d)
+            qsrc = job.q.at(b * job.queries + q0, h * g * sw)
+            em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=g,
+                    src_head=nbytes(sw, act), dst_head=nq * rowq,
+                    wait=[(sem["o"], cnt["o"]) if cnt["o"] else None], signal=[sem["q"]])
+            cnt["q"] += 1
+            em.vop(core, VecOp.MUL, qs, qs, rows, sw, rowq, rowq, in_dt, flags=Flag.BCAST_IMM,
+                   imm=scale, wait=[(sem["q"], cnt["q"])])
+            # keys this block can see
+            last_q = job.start + q0 + nq - 1
+            hi = min(job.keys, last_q + 1) if job.causal else job.keys
+            lo = max(0, hi - job.window) if job.window else 0
+            # one chunk at a time (the cache must hold the appended rows first)
+            n_ch = ceil_div(hi - lo, ck)
+            for ci in range(n_ch):
+                k0 = lo + ci * ck
+                nk = min(ck, hi - k0)
+                slot = chunk_no % 2
+                dma = slot % max(1, em.dma)
+                base = (b * job.kv_heads + h) * job.positions + k0
+                waits = [(sem["pv"], chunk_no - 1) if chunk_no >= 2 else None,
+                         (sem["appst"], cnt["appst"]) if ci == 0 and cnt["appst"] else None]
+                em.load(core, dma, job.cache_k.at(base), kbuf[slot], nk, sw,
+                        job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
+                        signal=[sem[f"full{slot}"]])
+                nfill = 1
+                if not job.shared_kv:
+                    em.load(core, dma, job.cache_v.at(base), vbuf[slot], nk, vw,
+                            job.cache_v.row_bytes, nbytes(vw, kvdt), kvdt,
+                            signal=[sem[f"full{slot}"]])
+                    nfill = 2
+                cnt[f"full{slot}"] += nfill
+                # causal mask for chunks that cross the diagonal
+                need_mask = job.causal and k0 + nk - 1 > job.start + q0
+                if job.window:
+                    need_mask = need_mask or k0 < job.start + q0 + nq - job.window
+                if need_mask:
+                    key = (q0, nq, k0, nk)
+                    if key not in mask_tiles:
+                        pos_q = job.start + q0 + np.arange(nq)
+                        pos_k = k0 + np.arange(nk)
+                        ok = pos_k[None, :] <= pos_q[:, None]
+                        if job.window:
+                            ok &= pos_k[None, :] > pos_q[:, None] - job.window
+                        t = lay.tensor(f"{job.name}.mask{len(mask_tiles)}", rows, nk, f32)
+                        lay.values[t.name] = np.tile(np.where(ok, 0.0, NEG), (g, 1))
+                        mask_tiles[key] = t
+                    mt = mask_tiles[key]
+                    em.load(core, dma, mt.addr, mk, rows, nk, mt.row_bytes, rowS, f32,
+                            wait=[(sem["mkf"], cnt["mk"]) if cnt["mk"] else None],
+                            signal=[sem["mk"]])
+                    cnt["mk"] += 1
+                # scores S[rows x nk] = q . K^T over score-width steps of the array rows
+                steps = ceil_div(sw, sa.rows)
+                for t in range(steps):
+                    kk = min(sa.rows, sw - t * sa.rows)
+                    w = [(sem[f"full{slot}"], cnt[f"full{slot}"])] if t == 0 else []
+                    if t == 0:
+                        w.append((sem["p"], cnt["p"]) if cnt["p"] else None)
+                    em.emit(core, Engine.MATRIX, w, [], op=Op.LDW,
+                            src_addr=kbuf[slot] + nbytes(t * sa.rows, kvdt), k=kk, n=nk,
+                            src_stride=(0, 0, nbytes(sw, kvdt), 0), dtype=_code(sa.weight_dtype),
+                            flags=int(Flag.TRANSPOSE))
+                    em.emit(core, Engine.MATRIX, [], [sem["sc"]] if t == steps - 1 else [],
+                            op=Op.MM, src_addr=qs + nbytes(t * sa.rows, in_dt), dst_addr=S,
+                            m=rows, k=kk, n=nk, src_stride=(0, 0, rowq, 0),
+                            dst_stride=(0, 0, rowS, 0), dtype=_code(in_dt), dtype2=_code(acc),
+                            flags=0 if t == 0 else int(Flag.ACCUMULATE))
+                cnt["sc"] += 1
+                first = ci == 0
+                cur, prev = m[chunk_no % 2], m[(chunk_no + 1) % 2]
+                vw_ = [(sem["sc"], cnt["sc"])]
+                if need_mask:
+                    vw_.append((sem["mk"], cnt["mk"]))
+                    em.vop(core, VecOp.ADD, S, S, rows, nk, rowS, rowS, f32, src2=mk,
+                           src2_row=rowS, wait=vw_, signal=[sem["mkf"]])
+                    vw_ = []
+                if first:
+                    em.vop(core, VecOp.REDUCE_MAX, S, cur, rows, nk, rowS, 4, f32, wait=vw_)
+                else:
+                    em.vop(core, VecOp.REDUCE_MAX, S, mc, rows, nk, rowS, 4, f32, wait=vw_)
+                    em.vop(core, VecOp.MAX, prev, cur, rows, 1, 4, 4, f32, src2=mc, src2_row=4)
+                    em.vop(core, VecOp.SUB, prev, al, rows, 1, 4, 4, f32, src2=cur, src2_row=4)
+                    em.vop(core, VecOp.EXP, al, al, rows, 1, 4, 4, f32)
+                em.vop(core, VecOp.SUB, S, S, rows, nk, rowS, rowS, f32, src2=cur,
+                       flags=Flag.BCAST_ROW)
+                em.vop(core, VecOp.EXP, S, S, rows, nk, rowS, rowS, f32)
+                em.vop(core, VecOp.REDUCE_SUM, S, lsum if first else lc, rows, nk, rowS, 4, f32)
+                if not first:
+                    em.vop(core, VecOp.MUL, lsum, lsum, rows, 1, 4, 4, f32, src2=al, src2_row=4)
+                    em.vop(core, VecOp.ADD, lsum, lsum, rows, 1, 4, 4, f32, src2=lc, src2_row=4)
+                    em.vop(core, VecOp.MUL, accb, accb, rows, vw, rowA, rowA, f32, src2=al,
+                           flags=Flag.BCAST_ROW, wait=[(sem["pv"], cnt["pv"])])
+                em.vop(core, VecOp.CONVERT, S, P, rows, nk, rowS, rowP, f32, in_dt,
+                       signal=[sem["p"]])
+                cnt["p"] += 1
+                # acc[rows x vw] (+)= P . V over value-width steps of the array columns
+                vsteps = ceil_div(vw, sa.cols)
+                for t in range(vsteps):
+                    nn = min(sa.cols, vw - t * sa.cols)
+                    em.emit(core, Engine.MATRIX, [(sem["p"], cnt["p"])] if t == 0 else [], [],
+                            op=Op.LDW, src_addr=vbuf[slot] + nbytes(t * sa.cols, kvdt), k=nk,
+                            n=nn, src_stride=(0, 0, nbytes(sw if job.shared_kv else vw, kvdt), 0),
+                            dtype=_code(sa.weight_dtype))
+                    em.emit(core, Engine.MATRIX, [], [sem["pv"]] if t == vsteps - 1 else [],
+                            op=Op.MM, src_addr=P, dst_addr=accb + nbytes(t * sa.cols, acc),
+                            m=rows, k=nk, n=nn, src_stride=(0, 0, rowP, 0),
+                            dst_stride=(0, 0, rowA, 0), dtype=_code(in_dt), dtype2=_code(acc),
+                            flags=0 if first else int(Flag.ACCUMULATE))
+                cnt["pv"] += 1
+                chunk_no += 1
+            # 3. out = acc / l, stored per head
+            em.vop(core, VecOp.RECIP, lsum, lsum, rows, 1, 4, 4, f32, wait=[(sem["pv"], cnt["pv"]),
+                   (sem["st"], cnt["st"]) if cnt["st"] else None])
+            em.vop(core, VecOp.MUL, accb, ob, rows, vw, rowA, nbytes(vw, act), f32, act,
+                   src2=lsum, flags=Flag.BCAST_ROW, signal=[sem["o"]])
+            cnt["o"] += 1
+            dst = job.out.at(b * job.queries + q0, h * g * vw)
+            em.store(core, em.dma - 1, ob, dst, nq, vw, nbytes(vw, act), job.out.row_bytes, act,
+                     heads=g, src_head=nq * nbytes(vw, act), dst_head=nbytes(vw, act),
+                     wait=[(sem["o"], cnt["o"])], signal=[sem["st"]])
+            cnt["st"] += 1
+
+
+# ============================================================================================
+# Embedding and top-k
+# ============================================================================================
+
+
+def emit_embedding(em: Emitter, table: Tensor, x: Tensor, tokens: np.ndarray, act: str) -> None:
+    """x[t] = table[tokens[t]]: row gathers into SRAM, then one store per block."""
+    dim = x.cols
+    rb, blocks = _row_plan(em, len(tokens), nbytes(dim, act), 1)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        buf = em.alloc(core, nbytes(rb * dim, act))
+        ld = em.sem(f"c{core}.ld")
+        st = em.sem(f"c{core}.st")
+        nld = 0
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            for r in range(nr):
+                em.load(core, r % max(1, em.dma - 1), table.at(int(tokens[r0 + r])),
+                        buf + r * nbytes(dim, act), 1, dim, 0, 0, act,
+                        wait=[(st, i) if i and r == 0 else None], signal=[ld])
+                nld += 1
+            em.store(core, em.dma - 1, buf, x.at(r0), nr, dim, nbytes(dim, act), x.row_bytes,
+                     act, wait=[(ld, nld)], signal=[st])
+
+
+def emit_topk(em: Emitter, scores: Tensor, out: Tensor, rows: int, experts: int, top_k: int,
+              act: str) -> None:
+    """Timing of top-k selection: ``top_k`` max-reductions over each row of router scores,
+    each followed by masking the winner (a subtract); the result row is stored."""
+    f32 = "fp32"
+    rb, blocks = _row_plan(em, rows, nbytes(experts, f32) * 2, 1)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        sb = em.alloc(core, nbytes(rb * experts, act))
+        mx = em.alloc(core, nbytes(rb * top_k, f32) + 64)
+        ld = em.sem(f"c{core}.ld")
+        vd = em.sem(f"c{core}.vd")
+        st = em.sem(f"c{core}.st")
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            em.load(core, 0, scores.at(r0), sb, nr, experts, scores.row_bytes,
+                    nbytes(experts, act), act, wait=[(st, i) if i else None], signal=[ld])
+            rowb = nbytes(experts, act)
+            for t in range(top_k):
+                em.vop(core, VecOp.REDUCE_MAX, sb, mx + 4 * t, nr, experts, rowb, 4 * top_k, act,
+                       f32, wait=[(ld, i + 1)] if t == 0 else ())
+                em.vop(core, VecOp.SUB, sb, sb, nr, experts, rowb, rowb, act,
+                       src2=mx + 4 * t, flags=Flag.BCAST_ROW,
+                       signal=[vd] if t == top_k - 1 else ())
+            em.store(core, em.dma - 1, mx, out.at(r0), nr, top_k, 4 * top_k, out.row_bytes, f32,
+                     wait=[(vd, i + 1)], signal=[st])
+
+
+# ============================================================================================
+# A list of graph nodes -> one program
+# ============================================================================================
+
+
+@dataclass
+class Compiled:
+    """A program, the op each instruction belongs to, and the DRAM image description."""
+
+    program: Program
+    tags: np.ndarray            # op index per instruction
+    ops: list                   # op names, in order
+    layout: Layout
+
+
+def _positions(phase: str, batch: int, context: int) -> np.ndarray:
+    if phase == "prefill":
+        return np.tile(np.arange(context), batch)
+    return np.full(batch, context)
+
+
+def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, context: int, *,
+                  tokens: np.ndarray | None = None, weights: dict | None = None,
+                  kv_cache: list | None = None, name: str = "step") -> Compiled:
+    """Tile program for graph ``nodes`` (dicts of graph.py attributes, in execution order).
+
+    ``weights`` (name -> float array, the convention of the tests' reference model) makes the
+    layout carry their values for a functional run; ``kv_cache`` (per layer (K, V) of shape
+    [B, KV, S, hd]) fills the caches for a functional decode step."""
+    em = Emitter(cfg, name)
+    lay = Layout()
+    act, wdt, kvdt = spec.act_dtype, spec.weight_dtype, spec.kv_dtype
+    T = batch * context if phase == "prefill" else batch
+    queries = context if phase == "prefill" else 1
+    keys = context if phase == "prefill" else context + 1
+    positions = keys
+    d = spec.d_model
+    pos = _positions(phase, batch, context)
+    if tokens is None:
+        tokens = np.arange(T) % spec.vocab_size
+    tokens = np.asarray(tokens).reshape(-1)
+    mla = spec.attention == "mla"
+    H, KV = spec.n_heads, spec.n_kv_heads
+    hd = spec.head_dim
+
+    def t(name, rows, cols, dt=act):
+        return lay.tensor(name, rows, cols, dt)
+
+    x = t("x", T, d)
+    hbuf = t("h", T, d)
+    for node in nodes:
+        kind, nm, L = node["kind"], node["name"], node["layer"]
+        em.begin(nm)
+        wname = node.get("weight")
+
+        def mm(xt, yt, w_name, **kw):
+            job = MatmulJob(nm, node["m"], node["k"], node["n"], node.get("count", 1), xt, yt,
+                            w_name, **kw)
+            emit_matmul(em, lay, job, wdt, act, weights)
+
+        if kind == "embedding":
+            table = t("embed", spec.vocab_size, d)
+            if weights is not None:
+                lay.values["embed"] = np.asarray(weights["embed"])
+            emit_embedding(em, table, x, tokens, act)
+        elif kind == "norm":
+            short = nm.split(".")[-1]
+            if short == "final_norm" or nm == "final_norm":
+                rows = node["rows"]
+                src, step, row0 = x, (context if phase == "prefill" else 1), \
+                    (context - 1 if phase == "prefill" else 0)
+                dst = t("xf", rows, d)
+                emit_norm(em, lay, src, dst, rows, d, node["norm"], node["eps"], nm,
+                          f"{nm}.bias" if node["norm"] == "layer" else None, act, weights,
+                          x_row0=row0, x_row_step=step)
+            elif short in ("q_a_norm", "kv_a_norm"):
+                src = t("qa", T, spec.q_lora_rank) if short == "q_a_norm" else \
+                    t("kva", T, spec.kv_lora_rank + spec.qk_rope_head_dim)
+                emit_norm(em, lay, src, src, T, node["dim"], node["norm"], node["eps"], nm, None,
+                          act, weights)
+            else:
+                emit_norm(em, lay, x, hbuf, T, d, node["norm"], node["eps"], nm,
+                          f"{nm}.bias" if node["norm"] == "layer" else None, act, weights)
+        elif kind in ("matmul", "router", "lm_head"):
+            short = nm.split(".")[-1]
+            n = node["n"]
+            if kind == "lm_head":
+                mm(t("xf", node["m"], d), t("logits", node["m"], n), "lm_head" if not node.get(
+                    "tied") else "embed.T")
+            elif kind == "router":
+                mm(hbuf, t("rs", T, n), wname)
+            elif short in ("q", "k", "v"):
+                mm(hbuf, t(short, T, n), wname)
+            elif short == "o":
+                mm(t("attn", T, node["k"]), t("o", T, d), wname)
+            elif short in ("gate", "up"):
+                mm(hbuf, t(short, T, n), wname)
+            elif short == "down":
+                mm(t("a", T, node["k"]), t("f", T, d), wname)
+            elif short == "q_a":
+                mm(hbuf, t("qa", T, n), wname)
+            elif short == "q_b":
+                mm(t("qa", T, node["k"]), t("qb", T, n), wname)
+            elif short == "kv_a":
+                mm(hbuf, t("kva", T, n), wname)
+            elif short == "k_up":
+                nope, r, rope = spec.qk_nope_head_dim, spec.kv_lora_rank, spec.qk_rope_head_dim
+                qb_t = t("qb", T, H * (nope + rope))
+                qm = t("qm", T, H * (r + rope))
+                mm(qb_t, qm, wname, x_col=[h * (nope + rope) for h in range(H)],
+                   y_col=[h * (r + rope) for h in range(H)])
+            elif short == "v_up":
+                r, v = spec.kv_lora_rank, spec.v_head_dim
+                mm(t("lat", T, H * r), t("attn", T, H * v), wname,
+                   x_col=[h * r for h in range(H)], y_col=[h * v for h in range(H)])
+            else:
+                raise ValueError(f"codegen: no rule for matmul {nm}")
+        elif kind == "rope":
+            if mla:
+                nope, r, rope = spec.qk_nope_head_dim, spec.kv_lora_rank, spec.qk_rope_head_dim
+                parts = [(t("qb", T, H * (nope + rope)), H, nope + rope, nope),
+                         (t("kva", T, r + rope), 1, r + rope, r)]
+            else:
+                parts = [(t("q", T, H * hd), H, hd, 0), (t("k", T, KV * hd), KV, hd, 0)]
+            emit_rope(em, lay, parts, T, node["rot_dim"], pos, node["theta"], act, nm)
+        elif kind == "attention":
+            sw, vw = node["score_width"], node["value_width"]
+            kvh = node["kv_heads"]
+            ck_name, cv_name = f"layer{L}.cache_k", f"layer{L}.cache_v"
+            cache_k = t(ck_name, batch * kvh * positions, sw, kvdt)
+            cache_v = None if mla else t(cv_name, batch * kvh * positions, vw, kvdt)
+            if kv_cache is not None and phase == "decode":
+                kc, vc = kv_cache[L]
+                full_k = np.zeros((batch, kvh, positions, sw))
+                full_v = np.zeros((batch, kvh, positions, vw))
+                full_k[:, :, :context] = kc
+                full_v[:, :, :context] = vc
+                lay.values[ck_name] = full_k.reshape(-1, sw)
+                lay.values[cv_name] = full_v.reshape(-1, vw)
+            if mla:
+                job = AttnJob(nm, batch, node["q_heads"], kvh, queries, keys,
+                              0 if phase == "prefill" else context, phase == "prefill", sw, vw,
+                              True, t("qm", T, H * sw), t("kva", T, sw), None,
+                              t("lat", T, H * vw), cache_k, None, positions, node["window"])
+            else:
+                job = AttnJob(nm, batch, node["q_heads"], kvh, queries, keys,
+                              0 if phase == "prefill" else context, phase == "prefill", sw, vw,
+                              False, t("q", T, H * hd), t("k", T, KV * hd), t("v", T, KV * hd),
+                              t("attn", T, H * hd), cache_k, cache_v, positions,
+                              node["window"])
+            emit_attention(em, lay, job, act, kvdt)
+        elif kind == "residual_add":
+            src = t("o", T, d) if nm.endswith("attn_residual") else t("f", T, d)
+            emit_binary(em, x, src, x, T, d, "add", act)
+        elif kind == "activation":
+            width = spec.ffn_dim
+            if node["fn"] == "silu_mul":
+                emit_binary(em, t("gate", T, width), t("up", T, width), t("a", T, width), T,
+                            width, "silu_mul", act)
+            else:
+                emit_binary(em, t("up", T, width), t("up", T, width), t("a", T, width), T, width,
+                            "gelu", act)
+        elif kind == "topk":
+            emit_topk(em, t("rs", T, node["experts"]), t("tk", T, node["top_k"], "fp32"), T,
+                      node["experts"], node["top_k"], act)
+        elif kind == "moe_experts":
+            _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights)
+        else:
+            raise ValueError(f"codegen: no rule for op kind {kind}")
+    for tn in lay.tensors.values():
+        em.b.buffer(tn.name, "dram", tn.addr, tn.dtype, (tn.rows, tn.cols))
+    prog, tags = em.build()
+    return Compiled(prog, tags, list(em.ops), lay)
+
+
+def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
+    """Routed experts grouped by token count (uniform routing), then the shared experts; each
+    group is gate/up, activation, down as batched matmuls, then the weighted combine."""
+    d, width = node["d_model"], node["width"]
+    groups: dict[int, list[int]] = {}
+    for e, n_tok in enumerate(node["tokens_per_expert"]):
+        if n_tok:
+            groups.setdefault(n_tok, []).append(e)
+    if node["shared_experts"]:
+        groups.setdefault(-T, []).extend(range(node["shared_experts"]))
+    nm = node["name"]
+    total = sum(abs(n) * len(es) for n, es in groups.items())
+    eh = lay.tensor("eh", total, width, act)
+    eu = lay.tensor("eu", total, width, act)
+    ea = lay.tensor("ea", total, width, act)
+    ed = lay.tensor("ed", total, d, act)
+    row = 0
+    fn = node["fn"]
+    for n_tok, experts in sorted(groups.items()):
+        m = abs(n_tok)
+        rows = [row + i * m for i in range(len(experts))]
+        tag = "shared" if n_tok < 0 else "routed"
+        for part, out in (("gate", eh), ("up", eu)):
+            if part == "gate" and fn != "silu_mul":
+                continue
+            job = MatmulJob(f"{nm}.{part}", m, d, width, len(experts), hbuf, out,
+                            f"{nm}.{tag}{m}.{part}", x_rows=[0], y_rows=rows)
+            em.begin(f"{nm}.{tag}{m}.{part}")
+            emit_matmul(em, lay, job, wdt, act, None)
+        row += m * len(experts)
+    em.begin(f"{nm}.act")
+    emit_binary(em, eh if fn == "silu_mul" else eu, eu, ea, total, width,
+                "silu_mul" if fn == "silu_mul" else "gelu", act)
+    row = 0
+    for n_tok, experts in sorted(groups.items()):
+        m = abs(n_tok)
+        rows = [row + i * m for i in range(len(experts))]
+        tag = "shared" if n_tok < 0 else "routed"
+        job = MatmulJob(f"{nm}.down", m, width, d, len(experts), ea, ed, f"{nm}.{tag}{m}.down",
+                        x_rows=rows, y_rows=rows)
+        em.begin(f"{nm}.{tag}{m}.down")
+        emit_matmul(em, lay, job, wdt, act, None)
+        row += m * len(experts)
+    # combine: every expert output row is scaled and added into its token's row
+    em.begin(f"{nm}.combine")
+    emit_binary(em, ed, ed, lay.tensor("f", T, d, act) if total == T else
+                lay.tensor("ecomb", total, d, act), total, d, "add", act)

@@ -1,0 +1,148 @@
+"""Mapping: how one matmul is cut into tiles and spread over the cores.
+
+A matmul ``Y[m x n] = X[m x k] @ W[k x n]`` (``count`` independent ones for per-head or
+per-expert products) is cut into *n-tiles* of ``w`` columns (w <= array cols) and *m-blocks* of
+``mb`` rows. A unit of work is one (product, m-block, n-tile); the cores take contiguous runs of
+units. Inside a unit the matrix engine walks K in steps of the array's rows: per step one
+``ldw`` of a ``kt x w`` weight tile and one ``mm`` that streams the m-block through it,
+accumulating into a ``mb x w`` tile (acc dtype) that is converted and stored when K is done.
+Weights stream from DRAM in chunks of ``kl`` rows (several array-row steps per DMA), double
+buffered; X is either resident (its ``mb x k`` block loaded once per m-block and reused for
+every n-tile of the core) or streamed beside the weights.
+
+The search (:func:`plan_matmul`) is analytic: for every candidate (w, mb, kl, resident) that
+fits the SRAM with double buffering it estimates
+
+    DRAM bytes = weight bytes x m-blocks + X bytes x (n-tiles per core, or 1 if resident)
+                 + Y bytes
+    time      >= max(DRAM bytes / peak DRAM bandwidth,
+                     per-core MM streaming cycles of its busiest core)
+
+and keeps the fastest, then the one with the least DRAM traffic. It looks at a few dozen
+candidates, well under a millisecond per op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tilesim.config import ChipConfig
+from tilesim.dtypes import DTYPES
+
+ALIGN = 256
+
+
+def nbytes(elements: int, dtype: str) -> int:
+    """Bytes ``elements`` values of ``dtype`` take (sub-byte types packed)."""
+    return (elements * DTYPES[dtype].bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """Tile sizes (elements) and the split over cores of one matmul."""
+
+    w: int              # n-tile width (<= array cols)
+    mb: int             # m-block rows
+    kt: int             # K per ldw (<= array rows)
+    kl: int             # K rows per weight DMA chunk (a multiple of kt, or all of K)
+    resident: bool      # X block [mb x k] loaded once per m-block
+    cores: int          # cores that get work
+    units: int          # (product, m-block, n-tile) units in all
+    sram_bytes: int     # per core, with double buffering
+    dram_bytes: int     # estimated traffic
+    est_cycles: float   # the estimate the search minimised
+
+
+def sram_need(mb, w, kt, kl, k, resident, in_dt, w_dt, acc_dt, act_dt) -> int:
+    """Per-core SRAM bytes of a plan: X (resident block or two streamed slots), two weight
+    slots of kl x w, the accumulator and the converted output tile."""
+    x = nbytes(mb * k, in_dt) if resident else 2 * nbytes(mb * kl, in_dt)
+    wts = 2 * nbytes(kl * w, w_dt)
+    acc = nbytes(mb * w, acc_dt) + nbytes(mb * w, act_dt)
+    pad = 4 * ALIGN
+    return x + wts + acc + pad
+
+
+def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: str,
+                w_dt: str, act_dt: str) -> MatmulPlan:
+    """The best plan for ``count`` products of ``m x k @ k x n`` on ``cfg``."""
+    sa = cfg.cores.systolic
+    rows, cols = sa.rows, sa.cols
+    acc_dt = sa.acc_dtype
+    cores = cfg.cores.count
+    size = cfg.cores.sram.size_bytes
+    kt = min(rows, k)
+    peak = dram_bytes_per_cycle(cfg)
+    best = None
+    widths = sorted({min(cols, n)} | {w for w in (cols // 2, cols // 4, cols // 8)
+                                      if w >= 8 and w < n})
+    mbs = sorted({min(m, x) for x in (m, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 1)})
+    kls = sorted({min(k, kt * f) for f in (1, 2, 4, 8, 16, 32, 64)})
+    for w in widths:
+        n_tiles = -(-n // w)
+        for mb in mbs:
+            m_blocks = -(-m // mb)
+            units = count * m_blocks * n_tiles
+            per_core = -(-units // cores)
+            used = min(cores, units)
+            for resident in (True, False):
+                for kl in kls:
+                    need = sram_need(mb, w, kt, kl, k, resident, sa.input_dtype, sa.weight_dtype,
+                                     acc_dt, act_dt)
+                    if need > size:
+                        continue
+                    wbytes = count * nbytes(k * n, w_dt) * m_blocks
+                    x_reads = 1 if resident else n_tiles
+                    # resident X is loaded once per (core, m-block) it works on
+                    x_copies = min(used, n_tiles * count) if resident else x_reads
+                    xbytes = count * nbytes(m * k, act_dt) * max(1, x_copies)
+                    ybytes = count * nbytes(m * n, act_dt)
+                    dram = wbytes + xbytes + ybytes
+                    k_steps = -(-k // kt)
+                    mm = per_core * k_steps * (mb + rows)      # rows stream + ldw per step
+                    est = max(dram / peak, mm)
+                    key = (est, dram, -w, -kl)
+                    if best is None or key < best[0]:
+                        best = (key, MatmulPlan(w, mb, kt, kl, resident, used, units, need,
+                                                int(dram), float(est)))
+    if best is None:
+        from tilesim.errors import InputError
+        raise InputError(f"{cfg.name}: a {m} x {k} @ {k} x {n} matmul does not fit "
+                         f"cores.sram.size_bytes = {size} even with one-row tiles")
+    return best[1]
+
+
+def dram_bytes_per_cycle(cfg: ChipConfig) -> float:
+    """Peak DRAM bytes per core cycle (inf without off-chip memory)."""
+    if cfg.memory is None:
+        return float("inf")
+    from tilesim.arch import dram
+    return dram.peak_gbps(cfg.memory) / cfg.clock_ghz
+
+
+def split(units: int, cores: int) -> list[range]:
+    """Contiguous runs of units per core (the first ``units % cores`` cores get one more)."""
+    base, extra = divmod(units, cores)
+    out, start = [], 0
+    for c in range(cores):
+        size = base + (1 if c < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def row_blocks(rows: int, cols_bytes: int, budget: int) -> int:
+    """Rows per block for a row-wise vector op whose per-row footprint is ``cols_bytes``."""
+    return max(1, min(rows, budget // max(cols_bytes, 1)))
+
+
+def align(x: int, to: int = ALIGN) -> int:
+    return -(-x // to) * to
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = ["MatmulPlan", "plan_matmul", "split", "row_blocks", "align", "ceil_div", "nbytes",
+           "sram_need", "math"]
