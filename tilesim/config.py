@@ -692,8 +692,12 @@ def load(name_or_path: str | Path) -> ChipConfig:
     return loads(text, str(path))
 
 
-def to_dict(cfg: ChipConfig) -> dict:
-    """The config as plain data, keys at their default left out (from_dict inverts it)."""
+def to_dict(cfg: ChipConfig, *, full: bool = False) -> dict:
+    """The config as plain data, keys at their default left out (from_dict inverts it).
+
+    ``full=True`` keeps every key with its default too (except empty lists that mean "not
+    given", such as ``noc.dims`` of a ring): the fully resolved form, the same however the
+    YAML was written (sizes as strings, defaults given or omitted)."""
     def default_of(f):
         if f.default is not dataclasses.MISSING:
             return f.default
@@ -706,7 +710,8 @@ def to_dict(cfg: ChipConfig) -> dict:
             out = {}
             for f in _yaml_fields(type(v)):
                 x = getattr(v, f.name)
-                if x == default_of(f) and not dataclasses.is_dataclass(x):
+                if x == default_of(f) and not dataclasses.is_dataclass(x) and (
+                        not full or x == ()):       # () marks "not given" (noc.dims, ...)
                     continue
                 out[f.name] = conv(x)
             return out

@@ -40,7 +40,7 @@ def read_text(path: str) -> str:
         raise InputError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
 
 
-SUBCOMMANDS = ("check", "asm", "systolic", "dram", "exec", "run")
+SUBCOMMANDS = ("check", "asm", "systolic", "dram", "exec", "run", "compare", "sweep")
 """Modules of tilesim.cli that register subcommands, in --help order."""
 
 

@@ -1,0 +1,138 @@
+"""`tilesim compare`: the table, its JSON, the plots and one-line errors, on the fake evaluator
+(tests/fake_evaluator.py, a roofline with the tilesim.simulate signature). The real-simulator
+run of the GDDR6/HBM3 pair is a separate test once tilesim.simulate exists."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tilesim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ["--evaluator", "tests.fake_evaluator:simulate"]
+PAIR = ["blackhole-like-gddr6", "blackhole-like-hbm3"]
+KEYS = ("cycles", "seconds", "tokens_per_s", "macs", "model_macs", "dram_read_bytes",
+        "dram_write_bytes", "dram_gbps", "peak_dram_gbps", "dram_pct_of_peak",
+        "energy_pj_per_token", "energy_pj_by_component")
+
+
+def run(capsys, *argv):
+    code = main(["compare", *argv, *FAKE])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_has_one_object_per_chip_and_workload(capsys):
+    code, out, err = run(capsys, *PAIR, "--model", "llama-3-8b", "--batch", "1,8",
+                         "--context", "1024", "--json")
+    assert code == 0 and not err
+    d = json.loads(out)
+    assert [(r["config"], r["phase"], r["batch"]) for r in d] == [
+        (c, ph, b) for ph in ("prefill", "decode") for b in (1, 8) for c in PAIR]
+    for r in d:
+        for k in KEYS:
+            assert k in r, k
+        assert r["context"] == 1024 and r["model"] == "llama-3-8b" and r["error"] is None
+        assert ("ttft_s" if r["phase"] == "prefill" else "tpot_s") in r
+        assert r["memory_capacity_bytes"] == 32 * 2**30
+    by = {(r["config"], r["phase"], r["batch"]): r for r in d}
+    gd, hb = PAIR
+    assert by[hb, "decode", 1]["memory_cost_usd"] > 1.8 * by[gd, "decode", 1]["memory_cost_usd"]
+    # the directions the real test will assert: decode follows bandwidth, prefill does not
+    bw = by[hb, "decode", 1]["peak_dram_gbps"] / by[gd, "decode", 1]["peak_dram_gbps"]
+    dec = by[hb, "decode", 1]["tokens_per_s"] / by[gd, "decode", 1]["tokens_per_s"]
+    pre = by[hb, "prefill", 1]["tokens_per_s"] / by[gd, "prefill", 1]["tokens_per_s"]
+    assert 0.7 * bw < dec <= bw * 1.01 and abs(pre - 1) < 0.1
+
+
+def test_side_by_side_table(capsys):
+    code, out, err = run(capsys, *PAIR, "--model", "llama-3-8b", "--context", "512")
+    assert code == 0 and not err
+    lines = out.splitlines()
+    assert lines[0] == "llama-3-8b, context 512; ratio = blackhole-like-hbm3 / " \
+                       "blackhole-like-gddr6"
+    assert lines[1].split() == [*PAIR, "ratio"]
+    for label in ("memory capacity (GiB)", "memory cost (est., $)", "peak DRAM GB/s",
+                  "prefill, batch 1", "TTFT", "decode, batch 1", "time per output token",
+                  "tokens/s", "DRAM GB/s (% of peak)", "energy per token", "dram", "static"):
+        assert any(ln.strip().startswith(label) for ln in lines), label
+    cost = next(ln for ln in lines if ln.startswith("memory cost"))
+    assert "$109" in cost and "$224" in cost and cost.endswith("2.06x")
+    peak = next(ln for ln in lines if ln.startswith("peak DRAM"))
+    assert peak.split()[-3:] == ["512.0", "1638.4", "3.2x"]
+
+
+def test_plots_and_json_file(capsys, tmp_path):
+    out_dir = tmp_path / "cmp"
+    code, out, err = run(capsys, *PAIR, "teach-4x4", "--model", "gpt2", "--batch", "1,4,16",
+                         "--context", "128", "--out", str(out_dir))
+    assert code == 0 and not err
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == sorted(["ttft_s.png", "tpot_s.png", "tokens_per_s.png", "dram_gbps.png",
+                            "dram_pct_of_peak.png", "energy_pj_per_token.png",
+                            "memory_cost_usd.png", "decode_tokens_per_s_vs_batch.png",
+                            "compare.json"])                      # no temporary leftovers
+    for p in out_dir.glob("*.png"):
+        assert p.read_bytes()[:4] == b"\x89PNG"
+        assert f"plot: {p}" in out
+    d = json.loads((out_dir / "compare.json").read_text())
+    assert len(d) == 3 * 2 * 3
+    assert {r["memory_cost_usd"] for r in d if r["config"] == "teach-4x4"} == {None}  # DDR3
+    assert "n/a" in next(ln for ln in out.splitlines() if ln.startswith("memory cost"))
+
+
+def test_a_refused_run_leaves_its_cells_empty(capsys, tmp_path):
+    """A chip the simulator refuses (here the fake's 48-row failure) prints '-', its reason
+    on stderr, and exit status 2; the other chip's numbers are still there."""
+    text = (ROOT / "configs/blackhole-like-gddr6.yaml").read_text()
+    bad = tmp_path / "bh48.yaml"
+    bad.write_text(text.replace("rows: 32", "rows: 48").replace(
+        "name: blackhole-like-gddr6", "name: bh-48-rows"))
+    code, out, err = run(capsys, PAIR[0], str(bad), "--model", "gpt2", "--phases", "decode",
+                         "--context", "64")
+    assert code == 2
+    ttft = next(ln for ln in out.splitlines() if "time per output token" in ln)
+    assert ttft.split()[-2:] != ["-", "-"] and ttft.split()[-1] == "-"
+    assert err.splitlines() == ["error: bh-48-rows, decode batch 1: fake: no tiling for a "
+                                "48-row array (the failing point)"]
+    code, out, err = run(capsys, PAIR[0], str(bad), "--model", "gpt2", "--phases", "decode",
+                         "--context", "64", "--json")
+    assert code == 2 and json.loads(out)[1]["error"].startswith("fake: no tiling")
+
+
+def test_same_named_chips_get_their_file_names(capsys, tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text((ROOT / "configs/teach-4x4.yaml").read_text())
+    code, out, err = run(capsys, "teach-4x4", str(a), "--model", "gpt2", "--phases",
+                         "prefill", "--context", "16", "--json")
+    assert code == 0 and [r["config"] for r in json.loads(out)] == ["teach-4x4", "a"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([*PAIR, "--model", "llama-3-9b"], "no such model preset or file"),
+    ([*PAIR, "--model", "gpt2", "--phases", "prefil"], "--phases: 'prefil' is not allowed"),
+    ([*PAIR, "--model", "gpt2", "--batch", "1,0"], "--batch: '0' is not allowed"),
+    ([*PAIR, "--model", "gpt2", "--batch", "x"], "--batch: 'x' is not allowed"),
+    ([*PAIR, "--model", "gpt2", "--context", "0"], "--context: 0 is not allowed"),
+    ([*PAIR, "--model", "gpt2", "--context", "5000"], "longer than gpt2 allows"),
+    (["no-such-chip", "--model", "gpt2", "--context", "64"],
+     "no-such-chip: no such file or preset"),
+])
+def test_bad_input_is_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out
+    assert needle in err and err.count("\n") == 1, err
+
+
+def test_bad_evaluator_and_missing_model_are_one_line(capsys):
+    assert main(["compare", *PAIR, "--model", "gpt2", "--context", "64", "--evaluator",
+                 "nope:simulate"]) == 2
+    err = capsys.readouterr().err
+    assert "--evaluator: 'nope:simulate' cannot be imported" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["compare", *PAIR])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "the following arguments are required: --model" in err
