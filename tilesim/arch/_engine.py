@@ -1064,6 +1064,24 @@ def heap_push(h, time, payload):
 
 
 @njit(cache=True)
+def heap_push_seq(h, time, seq, payload):
+    """Push with a sequence number taken earlier (``meta[1]`` is not advanced)."""
+    if h[3][0] == h[0].shape[0]:
+        h = heap_grow(h)
+    t, s, p, meta = h
+    i = meta[0]
+    meta[0] += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if t[parent] < time or (t[parent] == time and s[parent] < seq):
+            break
+        t[i], s[i], p[i] = t[parent], s[parent], p[parent]
+        i = parent
+    t[i], s[i], p[i] = time, seq, payload
+    return h
+
+
+@njit(cache=True)
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
     t, s, p, meta = h
@@ -1293,6 +1311,47 @@ def sram_remove(core, s, c_head, st):
     free[0] = s
 
 
+@njit(cache=True)
+def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel):
+    """Queue one EV_STREAM event for ``core``: its live stream with the earliest (finish, seq)
+    key, under the key that stream's own event would have had (one event per core, not per
+    stream; the same pop order). Invalidates the core's previous event."""
+    c_ver[core] += 1
+    best = -1
+    x = c_head[core]
+    while x >= 0:
+        if st_live[x]:
+            if best < 0 or st_fin[x] < st_fin[best] or \
+                    (st_fin[x] == st_fin[best] and st_seq[x] < st_seq[best]):
+                best = x
+        x = st_next[x]
+    c_sel[core] = best
+    if best >= 0:
+        h = heap_push_seq(h, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
+    return h
+
+
+@njit(cache=True)
+def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live, c_ver,
+                   c_sel):
+    """After a re-balance of ``core``: every stream's finish time and the sequence number its
+    event takes; returns (heap, latest finish time)."""
+    tmx = np.int64(-1)
+    meta = h[3]
+    x = c_head[core]
+    while x >= 0:
+        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+        st_fin[x] = fin
+        st_seq[x] = meta[1]
+        meta[1] += 1
+        st_live[x] = True
+        if fin > tmx:
+            tmx = fin
+        x = st_next[x]
+    h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+    return h, tmx
+
+
 # ============================================================================================
 # Chip event loop
 # ============================================================================================
@@ -1433,6 +1492,13 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     scratch = np.zeros(2 * max(n_banks, 1) + 8)
     sram_rd = np.zeros(n_cores, np.int64)
     sram_wr = np.zeros(n_cores, np.int64)
+    # one queued EV_STREAM per core (its earliest live stream): see _core_event
+    st_fin = np.zeros(spool, np.int64)
+    st_seq = np.zeros(spool, np.int64)
+    st_live = np.zeros(spool, np.bool_)
+    c_ver = np.zeros(n_cores, np.int64)
+    c_sel = np.full(n_cores, -1, np.int64)
+    t_stale = np.int64(0)     # latest finish time computed: the old per-stream events' end
 
     # memory channels
     ch_next = np.full(max(n_ch, 1), INF, np.int64)    # DRAM cycle of next service
@@ -1461,14 +1527,16 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         obj = payload >> 4
 
         if kind == EV_STREAM:
-            s = obj & 0xFFFFFFF
+            core = obj & 0xFFFFFFF
             ver = obj >> 28
-            if st_ver[s] != ver:
+            if c_ver[core] != ver:
                 continue
-            core = st_core[s]
+            s = c_sel[core]
+            st_live[s] = False
             sram_settle(core, t, c_head, st)
             if st_rem[s] > 1e-6:
-                # rates changed since this finish time was set; a newer event is queued
+                # not done at its computed finish: it waits for the next re-balance
+                h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
                 continue
             owner = st_owner[s]
             sram_remove(core, s, c_head, st)
@@ -1476,12 +1544,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             if c_head[core] >= 0:
                 sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap,
                                 scratch)
-                x = c_head[core]
-                while x >= 0:
-                    st_ver[x] += 1
-                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                    x = st_next[x]
+                h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                        st_live, c_ver, c_sel)
+                if tmx > t_stale:
+                    t_stale = tmx
             if owner >= 0:
                 # an instruction stream: owner = instruction index
                 i = owner
@@ -1610,12 +1676,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                         break
                     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
                                     cap, scratch)
-                    x = c_head[core]
-                    while x >= 0:
-                        st_ver[x] += 1
-                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                        x = st_next[x]
+                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                            st_live, c_ver, c_sel)
+                    if tmx > t_stale:
+                        t_stale = tmx
                     pc[g] = i + 1
                     progressed = True
                     continue
@@ -1633,12 +1697,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                         break
                     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
                                     cap, scratch)
-                    x = c_head[core]
-                    while x >= 0:
-                        st_ver[x] += 1
-                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                        x = st_next[x]
+                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                            st_live, c_ver, c_sel)
+                    if tmx > t_stale:
+                        t_stale = tmx
                     pc[g] = i + 1
                     state[g] = ENG_BUSY
                     break
@@ -1932,12 +1994,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     break
                 sram_fill_rates(c_head[stream_core], st_next, st_nom, st_mask, st_rate, n_banks,
                                 cap, scratch)
-                x = c_head[stream_core]
-                while x >= 0:
-                    st_ver[x] += 1
-                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                    x = st_next[x]
+                h, tmx = _stream_events(h, stream_core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                        st_live, c_ver, c_sel)
+                if tmx > t_stale:
+                    t_stale = tmx
             elif to_dram:
                 ch = dram_channel(dram_T, r_dram[r])
                 dram_bytes[1 if rk == RQ_STORE else 0] += r_bytes[r]
@@ -1980,6 +2040,9 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     h = heap_push(h, t, EV_DMA + 16 * g)
             continue
 
+    if err == ERR_NONE and t_stale > t:
+        # every per-stream finish event used to be queued and popped, stale or not
+        t = t_stale
     return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
             err, err_instr, sem_cnt)
 
