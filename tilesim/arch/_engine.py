@@ -1027,81 +1027,91 @@ INF = np.int64(2**62)
 
 @njit(cache=True)
 def heap_new(capacity):
-    """Arrays of an empty heap: (time, seq, payload, [size, next_seq])."""
-    return (np.empty(capacity, np.int64), np.empty(capacity, np.int64),
-            np.empty(capacity, np.int64), np.zeros(2, np.int64))
+    """An empty heap: one int64 array, [size, next_seq, then (time, seq, payload) per slot].
+    One array (not a tuple of arrays) keeps reference counting and cache misses down."""
+    hb = np.empty(2 + 3 * capacity, np.int64)
+    hb[0] = 0
+    hb[1] = 0
+    return hb
+
+
+@njit(cache=True)
+def heap_size(h):
+    return h[0]
 
 
 @njit(cache=True)
 def heap_grow(h):
-    t, s, p, meta = h
-    n = t.shape[0] * 2
-    t2, s2, p2 = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-    t2[:t.shape[0]] = t
-    s2[:t.shape[0]] = s
-    p2[:t.shape[0]] = p
-    return (t2, s2, p2, meta)
+    h2 = np.empty(2 + 2 * (h.shape[0] - 2), np.int64)
+    h2[:h.shape[0]] = h
+    return h2
+
+
+@njit(cache=True, inline="always")
+def _heap_sift_up(h, i, time, seq, payload):
+    while i > 0:
+        parent = (i - 1) >> 1
+        b = 2 + 3 * parent
+        if h[b] < time or (h[b] == time and h[b + 1] < seq):
+            break
+        d = 2 + 3 * i
+        h[d], h[d + 1], h[d + 2] = h[b], h[b + 1], h[b + 2]
+        i = parent
+    d = 2 + 3 * i
+    h[d], h[d + 1], h[d + 2] = time, seq, payload
 
 
 @njit(cache=True)
 def heap_push(h, time, payload):
     """Push; returns the heap (a new one when it had to grow)."""
-    if h[3][0] == h[0].shape[0]:
+    if 2 + 3 * h[0] == h.shape[0]:
         h = heap_grow(h)
-    t, s, p, meta = h
-    i = meta[0]
-    meta[0] += 1
-    seq = meta[1]
-    meta[1] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if t[parent] < time or (t[parent] == time and s[parent] < seq):
-            break
-        t[i], s[i], p[i] = t[parent], s[parent], p[parent]
-        i = parent
-    t[i], s[i], p[i] = time, seq, payload
+    i = h[0]
+    h[0] += 1
+    seq = h[1]
+    h[1] += 1
+    _heap_sift_up(h, i, time, seq, payload)
     return h
 
 
 @njit(cache=True)
 def heap_push_seq(h, time, seq, payload):
-    """Push with a sequence number taken earlier (``meta[1]`` is not advanced)."""
-    if h[3][0] == h[0].shape[0]:
+    """Push with a sequence number taken earlier (``h[1]`` is not advanced)."""
+    if 2 + 3 * h[0] == h.shape[0]:
         h = heap_grow(h)
-    t, s, p, meta = h
-    i = meta[0]
-    meta[0] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if t[parent] < time or (t[parent] == time and s[parent] < seq):
-            break
-        t[i], s[i], p[i] = t[parent], s[parent], p[parent]
-        i = parent
-    t[i], s[i], p[i] = time, seq, payload
+    i = h[0]
+    h[0] += 1
+    _heap_sift_up(h, i, time, seq, payload)
     return h
 
 
 @njit(cache=True)
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
-    t, s, p, meta = h
-    top_t, top_p = t[0], p[0]
-    meta[0] -= 1
-    n = meta[0]
+    top_t, top_p = h[2], h[4]
+    h[0] -= 1
+    n = h[0]
     if n > 0:
-        lt, ls, lp = t[n], s[n], p[n]
+        e = 2 + 3 * n
+        lt, ls, lp = h[e], h[e + 1], h[e + 2]
         i = 0
         while True:
             c = 2 * i + 1
             if c >= n:
                 break
-            if c + 1 < n and (t[c + 1] < t[c] or (t[c + 1] == t[c] and s[c + 1] < s[c])):
-                c += 1
-            if lt < t[c] or (lt == t[c] and ls < s[c]):
+            bc = 2 + 3 * c
+            if c + 1 < n:
+                bd = bc + 3
+                if h[bd] < h[bc] or (h[bd] == h[bc] and h[bd + 1] < h[bc + 1]):
+                    c += 1
+                    bc = bd
+            if lt < h[bc] or (lt == h[bc] and ls < h[bc + 1]):
                 break
-            t[i], s[i], p[i] = t[c], s[c], p[c]
+            d = 2 + 3 * i
+            h[d], h[d + 1], h[d + 2] = h[bc], h[bc + 1], h[bc + 2]
             i = c
-        t[i], s[i], p[i] = lt, ls, lp
+        d = 2 + 3 * i
+        h[d], h[d + 1], h[d + 2] = lt, ls, lp
     return top_t, top_p
 
 
@@ -1111,7 +1121,7 @@ def heap_pop(h):
 # ============================================================================================
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     """Put a packet of ``flits`` on ``node``'s injection link at ``now``; returns the time its
     head reaches the node's router."""
@@ -1121,7 +1131,7 @@ def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     return depart + inject_cycles
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes, node, dst, now, flits,
             router_cycles, link_cycles):
     """The head of a packet for ``dst`` is at router ``node`` at ``now``.
@@ -1156,8 +1166,8 @@ def noc_run_traffic(src, dst, flits, t_create, next_link, link_dst, n_links, n_n
     h = heap_new(1024)
     # payload: packet id * 2^20 + node (+1, so 0 means "not yet injected")
     nxt = 0
-    while nxt < n or h[3][0] > 0:
-        if nxt < n and (h[3][0] == 0 or t_create[nxt] <= h[0][0]):
+    while nxt < n or h[0] > 0:
+        if nxt < n and (h[0] == 0 or t_create[nxt] <= h[2]):
             p = nxt
             nxt += 1
             t = noc_inject(link_free, n_links, src[p], t_create[p], flits[p], inject_cycles)
@@ -1337,13 +1347,12 @@ def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
     """After a re-balance of ``core``: every stream's finish time and the sequence number its
     event takes; returns (heap, latest finish time)."""
     tmx = np.int64(-1)
-    meta = h[3]
     x = c_head[core]
     while x >= 0:
         fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
         st_fin[x] = fin
-        st_seq[x] = meta[1]
-        meta[1] += 1
+        st_seq[x] = h[1]
+        h[1] += 1
         st_live[x] = True
         if fin > tmx:
             tmx = fin
@@ -1498,6 +1507,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     st_live = np.zeros(spool, np.bool_)
     c_ver = np.zeros(n_cores, np.int64)
     c_sel = np.full(n_cores, -1, np.int64)
+    ev_count = np.zeros(16, np.int64)   # events popped per kind (diagnostics)
     t_stale = np.int64(0)     # latest finish time computed: the old per-stream events' end
 
     # memory channels
@@ -1517,7 +1527,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     err_instr = -1
     t = 0
     events = 0
-    while h[3][0] > 0:
+    while h[0] > 0:
         events += 1
         if events > max_events:
             err = ERR_EVENTS
@@ -1525,11 +1535,13 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         t, payload = heap_pop(h)
         kind = payload & 15
         obj = payload >> 4
+        ev_count[kind] += 1
 
         if kind == EV_STREAM:
             core = obj & 0xFFFFFFF
             ver = obj >> 28
             if c_ver[core] != ver:
+                ev_count[8] += 1
                 continue
             s = c_sel[core]
             st_live[s] = False
@@ -1881,6 +1893,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         if kind == EV_DRAM:
             ch = obj
             if ch_evt[ch] != t:
+                ev_count[9] += 1
                 continue
             ch_evt[ch] = INF
             d_now = t * core_fs // dram_fs
@@ -2044,7 +2057,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         # every per-stream finish event used to be queued and popped, stale or not
         t = t_stale
     return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
-            err, err_instr, sem_cnt)
+            err, err_instr, sem_cnt, ev_count)
 
 
 @njit(cache=True)
