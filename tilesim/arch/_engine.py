@@ -1027,63 +1027,91 @@ INF = np.int64(2**62)
 
 @njit(cache=True)
 def heap_new(capacity):
-    """Arrays of an empty heap: (time, seq, payload, [size, next_seq])."""
-    return (np.empty(capacity, np.int64), np.empty(capacity, np.int64),
-            np.empty(capacity, np.int64), np.zeros(2, np.int64))
+    """An empty heap: one int64 array, [size, next_seq, then (time, seq, payload) per slot].
+    One array (not a tuple of arrays) keeps reference counting and cache misses down."""
+    hb = np.empty(2 + 3 * capacity, np.int64)
+    hb[0] = 0
+    hb[1] = 0
+    return hb
+
+
+@njit(cache=True)
+def heap_size(h):
+    return h[0]
 
 
 @njit(cache=True)
 def heap_grow(h):
-    t, s, p, meta = h
-    n = t.shape[0] * 2
-    t2, s2, p2 = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-    t2[:t.shape[0]] = t
-    s2[:t.shape[0]] = s
-    p2[:t.shape[0]] = p
-    return (t2, s2, p2, meta)
+    h2 = np.empty(2 + 2 * (h.shape[0] - 2), np.int64)
+    h2[:h.shape[0]] = h
+    return h2
+
+
+@njit(cache=True, inline="always")
+def _heap_sift_up(h, i, time, seq, payload):
+    while i > 0:
+        parent = (i - 1) >> 1
+        b = 2 + 3 * parent
+        if h[b] < time or (h[b] == time and h[b + 1] < seq):
+            break
+        d = 2 + 3 * i
+        h[d], h[d + 1], h[d + 2] = h[b], h[b + 1], h[b + 2]
+        i = parent
+    d = 2 + 3 * i
+    h[d], h[d + 1], h[d + 2] = time, seq, payload
 
 
 @njit(cache=True)
 def heap_push(h, time, payload):
     """Push; returns the heap (a new one when it had to grow)."""
-    if h[3][0] == h[0].shape[0]:
+    if 2 + 3 * h[0] == h.shape[0]:
         h = heap_grow(h)
-    t, s, p, meta = h
-    i = meta[0]
-    meta[0] += 1
-    seq = meta[1]
-    meta[1] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if t[parent] < time or (t[parent] == time and s[parent] < seq):
-            break
-        t[i], s[i], p[i] = t[parent], s[parent], p[parent]
-        i = parent
-    t[i], s[i], p[i] = time, seq, payload
+    i = h[0]
+    h[0] += 1
+    seq = h[1]
+    h[1] += 1
+    _heap_sift_up(h, i, time, seq, payload)
+    return h
+
+
+@njit(cache=True)
+def heap_push_seq(h, time, seq, payload):
+    """Push with a sequence number taken earlier (``h[1]`` is not advanced)."""
+    if 2 + 3 * h[0] == h.shape[0]:
+        h = heap_grow(h)
+    i = h[0]
+    h[0] += 1
+    _heap_sift_up(h, i, time, seq, payload)
     return h
 
 
 @njit(cache=True)
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
-    t, s, p, meta = h
-    top_t, top_p = t[0], p[0]
-    meta[0] -= 1
-    n = meta[0]
+    top_t, top_p = h[2], h[4]
+    h[0] -= 1
+    n = h[0]
     if n > 0:
-        lt, ls, lp = t[n], s[n], p[n]
+        e = 2 + 3 * n
+        lt, ls, lp = h[e], h[e + 1], h[e + 2]
         i = 0
         while True:
             c = 2 * i + 1
             if c >= n:
                 break
-            if c + 1 < n and (t[c + 1] < t[c] or (t[c + 1] == t[c] and s[c + 1] < s[c])):
-                c += 1
-            if lt < t[c] or (lt == t[c] and ls < s[c]):
+            bc = 2 + 3 * c
+            if c + 1 < n:
+                bd = bc + 3
+                if h[bd] < h[bc] or (h[bd] == h[bc] and h[bd + 1] < h[bc + 1]):
+                    c += 1
+                    bc = bd
+            if lt < h[bc] or (lt == h[bc] and ls < h[bc + 1]):
                 break
-            t[i], s[i], p[i] = t[c], s[c], p[c]
+            d = 2 + 3 * i
+            h[d], h[d + 1], h[d + 2] = h[bc], h[bc + 1], h[bc + 2]
             i = c
-        t[i], s[i], p[i] = lt, ls, lp
+        d = 2 + 3 * i
+        h[d], h[d + 1], h[d + 2] = lt, ls, lp
     return top_t, top_p
 
 
@@ -1093,7 +1121,7 @@ def heap_pop(h):
 # ============================================================================================
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     """Put a packet of ``flits`` on ``node``'s injection link at ``now``; returns the time its
     head reaches the node's router."""
@@ -1103,7 +1131,7 @@ def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     return depart + inject_cycles
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes, node, dst, now, flits,
             router_cycles, link_cycles):
     """The head of a packet for ``dst`` is at router ``node`` at ``now``.
@@ -1138,8 +1166,8 @@ def noc_run_traffic(src, dst, flits, t_create, next_link, link_dst, n_links, n_n
     h = heap_new(1024)
     # payload: packet id * 2^20 + node (+1, so 0 means "not yet injected")
     nxt = 0
-    while nxt < n or h[3][0] > 0:
-        if nxt < n and (h[3][0] == 0 or t_create[nxt] <= h[0][0]):
+    while nxt < n or h[0] > 0:
+        if nxt < n and (h[0] == 0 or t_create[nxt] <= h[2]):
             p = nxt
             nxt += 1
             t = noc_inject(link_free, n_links, src[p], t_create[p], flits[p], inject_cycles)
@@ -1293,6 +1321,46 @@ def sram_remove(core, s, c_head, st):
     free[0] = s
 
 
+@njit(cache=True)
+def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel):
+    """Queue one EV_STREAM event for ``core``: its live stream with the earliest (finish, seq)
+    key, under the key that stream's own event would have had (one event per core, not per
+    stream; the same pop order). Invalidates the core's previous event."""
+    c_ver[core] += 1
+    best = -1
+    x = c_head[core]
+    while x >= 0:
+        if st_live[x]:
+            if best < 0 or st_fin[x] < st_fin[best] or \
+                    (st_fin[x] == st_fin[best] and st_seq[x] < st_seq[best]):
+                best = x
+        x = st_next[x]
+    c_sel[core] = best
+    if best >= 0:
+        h = heap_push_seq(h, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
+    return h
+
+
+@njit(cache=True)
+def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live, c_ver,
+                   c_sel):
+    """After a re-balance of ``core``: every stream's finish time and the sequence number its
+    event takes; returns (heap, latest finish time)."""
+    tmx = np.int64(-1)
+    x = c_head[core]
+    while x >= 0:
+        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
+        st_fin[x] = fin
+        st_seq[x] = h[1]
+        h[1] += 1
+        st_live[x] = True
+        if fin > tmx:
+            tmx = fin
+        x = st_next[x]
+    h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+    return h, tmx
+
+
 # ============================================================================================
 # Chip event loop
 # ============================================================================================
@@ -1433,6 +1501,14 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     scratch = np.zeros(2 * max(n_banks, 1) + 8)
     sram_rd = np.zeros(n_cores, np.int64)
     sram_wr = np.zeros(n_cores, np.int64)
+    # one queued EV_STREAM per core (its earliest live stream): see _core_event
+    st_fin = np.zeros(spool, np.int64)
+    st_seq = np.zeros(spool, np.int64)
+    st_live = np.zeros(spool, np.bool_)
+    c_ver = np.zeros(n_cores, np.int64)
+    c_sel = np.full(n_cores, -1, np.int64)
+    ev_count = np.zeros(16, np.int64)   # events popped per kind (diagnostics)
+    t_stale = np.int64(0)     # latest finish time computed: the old per-stream events' end
 
     # memory channels
     ch_next = np.full(max(n_ch, 1), INF, np.int64)    # DRAM cycle of next service
@@ -1451,7 +1527,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     err_instr = -1
     t = 0
     events = 0
-    while h[3][0] > 0:
+    while h[0] > 0:
         events += 1
         if events > max_events:
             err = ERR_EVENTS
@@ -1459,16 +1535,20 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         t, payload = heap_pop(h)
         kind = payload & 15
         obj = payload >> 4
+        ev_count[kind] += 1
 
         if kind == EV_STREAM:
-            s = obj & 0xFFFFFFF
+            core = obj & 0xFFFFFFF
             ver = obj >> 28
-            if st_ver[s] != ver:
+            if c_ver[core] != ver:
+                ev_count[8] += 1
                 continue
-            core = st_core[s]
+            s = c_sel[core]
+            st_live[s] = False
             sram_settle(core, t, c_head, st)
             if st_rem[s] > 1e-6:
-                # rates changed since this finish time was set; a newer event is queued
+                # not done at its computed finish: it waits for the next re-balance
+                h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
                 continue
             owner = st_owner[s]
             sram_remove(core, s, c_head, st)
@@ -1476,12 +1556,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             if c_head[core] >= 0:
                 sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap,
                                 scratch)
-                x = c_head[core]
-                while x >= 0:
-                    st_ver[x] += 1
-                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                    x = st_next[x]
+                h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                        st_live, c_ver, c_sel)
+                if tmx > t_stale:
+                    t_stale = tmx
             if owner >= 0:
                 # an instruction stream: owner = instruction index
                 i = owner
@@ -1610,12 +1688,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                         break
                     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
                                     cap, scratch)
-                    x = c_head[core]
-                    while x >= 0:
-                        st_ver[x] += 1
-                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                        x = st_next[x]
+                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                            st_live, c_ver, c_sel)
+                    if tmx > t_stale:
+                        t_stale = tmx
                     pc[g] = i + 1
                     progressed = True
                     continue
@@ -1633,12 +1709,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                         break
                     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
                                     cap, scratch)
-                    x = c_head[core]
-                    while x >= 0:
-                        st_ver[x] += 1
-                        fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                        h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                        x = st_next[x]
+                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                            st_live, c_ver, c_sel)
+                    if tmx > t_stale:
+                        t_stale = tmx
                     pc[g] = i + 1
                     state[g] = ENG_BUSY
                     break
@@ -1819,6 +1893,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         if kind == EV_DRAM:
             ch = obj
             if ch_evt[ch] != t:
+                ev_count[9] += 1
                 continue
             ch_evt[ch] = INF
             d_now = t * core_fs // dram_fs
@@ -1932,12 +2007,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     break
                 sram_fill_rates(c_head[stream_core], st_next, st_nom, st_mask, st_rate, n_banks,
                                 cap, scratch)
-                x = c_head[stream_core]
-                while x >= 0:
-                    st_ver[x] += 1
-                    fin = t + max(np.int64(0), np.int64(np.ceil(st_rem[x] / st_rate[x] - 1e-9)))
-                    h = heap_push(h, fin, EV_STREAM + 16 * (x + (st_ver[x] << 28)))
-                    x = st_next[x]
+                h, tmx = _stream_events(h, stream_core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
+                                        st_live, c_ver, c_sel)
+                if tmx > t_stale:
+                    t_stale = tmx
             elif to_dram:
                 ch = dram_channel(dram_T, r_dram[r])
                 dram_bytes[1 if rk == RQ_STORE else 0] += r_bytes[r]
@@ -1980,8 +2053,11 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     h = heap_push(h, t, EV_DMA + 16 * g)
             continue
 
+    if err == ERR_NONE and t_stale > t:
+        # every per-stream finish event used to be queued and popped, stale or not
+        t = t_stale
     return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
-            err, err_instr, sem_cnt)
+            err, err_instr, sem_cnt, ev_count)
 
 
 @njit(cache=True)
