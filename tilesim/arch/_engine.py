@@ -1085,7 +1085,7 @@ def heap_push_seq(h, time, seq, payload):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
     top_t, top_p = h[2], h[4]
