@@ -1085,7 +1085,7 @@ def heap_push_seq(h, time, seq, payload):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
     top_t, top_p = h[2], h[4]
@@ -1527,12 +1527,18 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     err_instr = -1
     t = 0
     events = 0
-    while h[0] > 0:
+    fast_p = np.int64(-1)     # an event that would be the next popped, kept off the heap
+    fast_t = np.int64(0)
+    while h[0] > 0 or fast_p >= 0:
         events += 1
         if events > max_events:
             err = ERR_EVENTS
             break
-        t, payload = heap_pop(h)
+        if fast_p >= 0:
+            t, payload = fast_t, fast_p
+            fast_p = -1
+        else:
+            t, payload = heap_pop(h)
         kind = payload & 15
         obj = payload >> 4
         ev_count[kind] += 1
@@ -1876,10 +1882,17 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             nn, tt = noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes,
                              p_node[p], p_dst[p], t, p_flits[p], router_cycles, link_cycles)
             if nn < 0:
-                h = heap_push(h, tt, EV_ARRIVE + 16 * p)
+                pl = EV_ARRIVE + 16 * p
             else:
                 p_node[p] = nn
-                h = heap_push(h, tt, EV_HOP + 16 * p)
+                pl = EV_HOP + 16 * p
+            if h[0] == 0 or tt < h[2]:
+                # it would be popped next (a fresh seq loses only ties): skip the heap
+                h[1] += 1
+                fast_t = tt
+                fast_p = pl
+            else:
+                h = heap_push(h, tt, pl)
             continue
 
         if kind == EV_ARRIVE:
@@ -1918,7 +1931,12 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 if tc <= t:
                     tc = t + 1
                 ch_evt[ch] = tc
-                h = heap_push(h, tc, EV_DRAM + 16 * ch)
+                if h[0] == 0 or tc < h[2]:
+                    h[1] += 1
+                    fast_t = tc
+                    fast_p = EV_DRAM + 16 * ch
+                else:
+                    h = heap_push(h, tc, EV_DRAM + 16 * ch)
             continue
 
         if kind == EV_REQ:
