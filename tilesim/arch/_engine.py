@@ -1361,6 +1361,32 @@ def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
     return h, tmx
 
 
+@njit(cache=True)
+def _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live, c_ver,
+               c_sel):
+    """Re-share ``core``'s banks among its streams and queue the core's next stream event;
+    returns (heap, latest finish time)."""
+    (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
+    sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap, scratch)
+    return _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live,
+                          c_ver, c_sel)
+
+
+@njit(cache=True)
+def _open_stream(h, core, t, nbytes, nominal, mask, owner, c_head, st, n_banks, cap, scratch,
+                 st_fin, st_seq, st_live, c_ver, c_sel):
+    """Bring ``core``'s streams up to ``t``, start one more (``nbytes`` at up to ``nominal``
+    bytes/cycle over the banks of ``mask``, for ``owner``) and re-balance. Returns
+    (heap, ok, latest finish time); ok is False when the stream pool is exhausted."""
+    sram_settle(core, t, c_head, st)
+    if sram_stream_start(core, nbytes, nominal, mask, owner, t, c_head, st, n_banks, cap,
+                         scratch) < 0:
+        return h, False, np.int64(-1)
+    h, tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live,
+                        c_ver, c_sel)
+    return h, True, tmx
+
+
 # ============================================================================================
 # Chip event loop
 # ============================================================================================
@@ -1560,10 +1586,8 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             sram_remove(core, s, c_head, st)
             # re-balance the remaining streams of this core
             if c_head[core] >= 0:
-                sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap,
-                                scratch)
-                h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
-                                        st_live, c_ver, c_sel)
+                h, tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                                    st_live, c_ver, c_sel)
                 if tmx > t_stale:
                     t_stale = tmx
             if owner >= 0:
@@ -1685,17 +1709,13 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     nb = s_read[i] + s_write[i]
                     sram_rd[core] += s_read[i]
                     sram_wr[core] += s_write[i]
-                    sram_settle(core, t, c_head, st)
-                    s = sram_stream_start(core, float(nb), nb / max(dur_a[i], 1), s_mask[i], i,
-                                          t, c_head, st, n_banks, cap, scratch)
-                    if s < 0:
+                    h, ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
+                                              i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                                              st_live, c_ver, c_sel)
+                    if not ok:
                         err = ERR_POOL
                         err_instr = i
                         break
-                    sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
-                                    cap, scratch)
-                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
-                                            st_live, c_ver, c_sel)
                     if tmx > t_stale:
                         t_stale = tmx
                     pc[g] = i + 1
@@ -1706,17 +1726,13 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     nb = s_read[i] + s_write[i]
                     sram_rd[core] += s_read[i]
                     sram_wr[core] += s_write[i]
-                    sram_settle(core, t, c_head, st)
-                    s = sram_stream_start(core, float(nb), nb / max(dur_a[i], 1), s_mask[i], i,
-                                          t, c_head, st, n_banks, cap, scratch)
-                    if s < 0:
+                    h, ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
+                                              i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                                              st_live, c_ver, c_sel)
+                    if not ok:
                         err = ERR_POOL
                         err_instr = i
                         break
-                    sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks,
-                                    cap, scratch)
-                    h, tmx = _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
-                                            st_live, c_ver, c_sel)
                     if tmx > t_stale:
                         t_stale = tmx
                     pc[g] = i + 1
@@ -2015,18 +2031,13 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
                 h = heap_push(h, th, EV_HOP + 16 * p)
             elif stream_core >= 0:
-                sram_settle(stream_core, t, c_head, st)
-                s = sram_stream_start(stream_core, float(r_bytes[r]), float(flit_bytes),
-                                      stream_mask, -(r + 1), t, c_head, st, n_banks, cap,
-                                      scratch)
-                if s < 0:
+                h, ok, tmx = _open_stream(h, stream_core, t, float(r_bytes[r]), float(flit_bytes),
+                                          stream_mask, -(r + 1), c_head, st, n_banks, cap,
+                                          scratch, st_fin, st_seq, st_live, c_ver, c_sel)
+                if not ok:
                     err = ERR_POOL
                     err_instr = r_i[r]
                     break
-                sram_fill_rates(c_head[stream_core], st_next, st_nom, st_mask, st_rate, n_banks,
-                                cap, scratch)
-                h, tmx = _stream_events(h, stream_core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
-                                        st_live, c_ver, c_sel)
                 if tmx > t_stale:
                     t_stale = tmx
             elif to_dram:
