@@ -1423,6 +1423,25 @@ ERR_COPY_CORE = 5
 
 
 @njit(cache=True)
+def _signal(h, sems, t, sem_cnt, sem_head, w_next, state):
+    """An instruction completes at ``t``: count its signals (``sems``, -1 = none) and wake every
+    engine queued on those semaphores (EV_TRY at ``t``)."""
+    for k in range(sems.shape[0]):
+        sm = sems[k]
+        if sm >= 0:
+            sem_cnt[sm] += 1
+            w = sem_head[sm]
+            sem_head[sm] = -1
+            while w >= 0:
+                nw = w_next[w]
+                w_next[w] = -1
+                state[w] = ENG_IDLE
+                h = heap_push(h, t, EV_TRY + 16 * w)
+                w = nw
+    return h
+
+
+@njit(cache=True)
 def _ceil_div(a, b):
     return -((-a) // b)
 
@@ -1611,18 +1630,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     continue
                 # LDW finished
                 t_end[i] = t
-                for k in range(2):
-                    sm = instrs[i].signal_sem[k]
-                    if sm >= 0:
-                        sem_cnt[sm] += 1
-                        w = sem_head[sm]
-                        sem_head[sm] = -1
-                        while w >= 0:
-                            nw = w_next[w]
-                            w_next[w] = -1
-                            state[w] = ENG_IDLE
-                            h = heap_push(h, t, EV_TRY + 16 * w)
-                            w = nw
+                h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if state[g] == ENG_WAIT_RES:
                     state[g] = ENG_IDLE
                     h = heap_push(h, t, EV_TRY + 16 * g)
@@ -1663,18 +1671,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 if op == 0 or op == 1:            # NOP / HALT: done at once
                     t_start[i] = t
                     t_end[i] = t
-                    for k in range(2):
-                        sm = instrs[i].signal_sem[k]
-                        if sm >= 0:
-                            sem_cnt[sm] += 1
-                            w = sem_head[sm]
-                            sem_head[sm] = -1
-                            while w >= 0:
-                                nw = w_next[w]
-                                w_next[w] = -1
-                                state[w] = ENG_IDLE
-                                h = heap_push(h, t, EV_TRY + 16 * w)
-                                w = nw
+                    h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                     if op == 1:
                         for j in range(i + 1, q_end[g]):
                             t_issue[j] = t
@@ -1705,6 +1702,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                                 break
                         m_stream_busy[g] = True
                         m_mm_inflight[g] += 1
+                if ek <= 1:                       # matrix, or vector (one VOP at a time)
                     t_start[i] = t
                     nb = s_read[i] + s_write[i]
                     sram_rd[core] += s_read[i]
@@ -1719,23 +1717,9 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     if tmx > t_stale:
                         t_stale = tmx
                     pc[g] = i + 1
-                    progressed = True
-                    continue
-                if ek == 1:                       # vector engine: one VOP at a time
-                    t_start[i] = t
-                    nb = s_read[i] + s_write[i]
-                    sram_rd[core] += s_read[i]
-                    sram_wr[core] += s_write[i]
-                    h, ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
-                                              i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
-                                              st_live, c_ver, c_sel)
-                    if not ok:
-                        err = ERR_POOL
-                        err_instr = i
-                        break
-                    if tmx > t_stale:
-                        t_stale = tmx
-                    pc[g] = i + 1
+                    if ek == 0:                   # the array pipelines: try the next one now
+                        progressed = True
+                        continue
                     state[g] = ENG_BUSY
                     break
                 # DMA engine: start issuing this instruction's requests
@@ -1755,18 +1739,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             i = obj
             g = i_eng[i]
             t_end[i] = t
-            for k in range(2):
-                sm = instrs[i].signal_sem[k]
-                if sm >= 0:
-                    sem_cnt[sm] += 1
-                    w = sem_head[sm]
-                    sem_head[sm] = -1
-                    while w >= 0:
-                        nw = w_next[w]
-                        w_next[w] = -1
-                        state[w] = ENG_IDLE
-                        h = heap_push(h, t, EV_TRY + 16 * w)
-                        w = nw
+            h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
             if eng_kind[g] == 0:
                 m_mm_inflight[g] -= 1
                 if state[g] == ENG_WAIT_RES:
@@ -2065,18 +2038,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 d_out[g] -= 1
                 if i_pending[i] == 0 and i_issued_all[i]:
                     t_end[i] = t
-                    for k in range(2):
-                        sm = instrs[i].signal_sem[k]
-                        if sm >= 0:
-                            sem_cnt[sm] += 1
-                            w = sem_head[sm]
-                            sem_head[sm] = -1
-                            while w >= 0:
-                                nw = w_next[w]
-                                w_next[w] = -1
-                                state[w] = ENG_IDLE
-                                h = heap_push(h, t, EV_TRY + 16 * w)
-                                w = nw
+                    h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if d_wait_slot[g]:
                     d_wait_slot[g] = False
                     h = heap_push(h, t, EV_DMA + 16 * g)
