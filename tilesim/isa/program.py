@@ -22,6 +22,11 @@ from tilesim.isa.opcodes import INSTR_DTYPE, MAX_SIGNALS, MAX_WAITS, NO_SEM, Eng
 SPACES = ("dram", "sram")
 
 
+_POS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
+_SUB = {name: INSTR_DTYPE[name].shape[0] for name in INSTR_DTYPE.names if INSTR_DTYPE[name].shape}
+_TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
+                  for v in blank(1).tolist()[0])
+
 @dataclass(frozen=True)
 class Buffer:
     """A named address range: in DRAM (core -1) or in one core's SRAM."""
@@ -148,8 +153,9 @@ class ProgramBuilder:
         self.n_cores, self.dma_engines, self.name = n_cores, dma_engines, name
         self.semaphores: list[str] = []
         self.buffers: list[Buffer] = []
-        self._queues: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._queues: dict[tuple[int, int], list[tuple]] = {}
         self._lines: dict[tuple[int, int], list[int]] = {}
+        self._sem_ids: dict[str, int] = {}
 
     @property
     def engines_per_core(self) -> int:
@@ -157,10 +163,11 @@ class ProgramBuilder:
 
     def sem(self, name: str) -> int:
         """Declare a semaphore (or return the id of an existing one)."""
-        if name in self.semaphores:
-            return self.semaphores.index(name)
-        self.semaphores.append(name)
-        return len(self.semaphores) - 1
+        sid = self._sem_ids.get(name)
+        if sid is None:
+            sid = self._sem_ids[name] = len(self.semaphores)
+            self.semaphores.append(name)
+        return sid
 
     def buffer(self, name: str, space: str, addr: int, dtype: str, shape, core: int = -1) -> Buffer:
         """Declare a named buffer and return it."""
@@ -171,17 +178,31 @@ class ProgramBuilder:
 
     def emit(self, core: int, engine: int, *, wait=(), signal=(), line: int = 0, **fields) -> None:
         """Append one instruction to queue (core, engine). ``wait`` is [(sem, count), ...],
-        ``signal`` is [sem, ...]; other keyword arguments set record fields by name."""
-        r = blank(1)[0]
+        ``signal`` is [sem, ...]; other keyword arguments set record fields by name.
+
+        Records are kept as plain tuples and become one structured array in :meth:`build`
+        (a compiler emits hundreds of thousands; a numpy record per call costs ~20 us)."""
         if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
             raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
-        for i, (s, n) in enumerate(wait):
-            r["wait_sem"][i], r["wait_count"][i] = s, n
-        for i, s in enumerate(signal):
-            r["signal_sem"][i] = s
+        rec = list(_TEMPLATE)
+        if wait:
+            ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
+            for i, (sem, n) in enumerate(wait):
+                ws[i], wc[i] = sem, n
+            rec[_POS["wait_sem"]], rec[_POS["wait_count"]] = tuple(ws), tuple(wc)
+        if signal:
+            ss = [NO_SEM] * MAX_SIGNALS
+            ss[:len(signal)] = signal
+            rec[_POS["signal_sem"]] = tuple(ss)
         for k, v in fields.items():
-            r[k] = v
-        self._queues.setdefault((core, int(engine)), []).append(r)
+            pos = _POS.get(k)
+            if pos is None:
+                raise ValueError(f"no instruction field {k!r} (fields: {', '.join(_POS)})")
+            n = _SUB.get(k)
+            if n:
+                v = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v,) * n
+            rec[pos] = v
+        self._queues.setdefault((core, int(engine)), []).append(tuple(rec))
         self._lines.setdefault((core, int(engine)), []).append(line)
 
     def build(self) -> Program:
