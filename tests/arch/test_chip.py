@@ -294,3 +294,18 @@ def test_coalesce_keeps_every_byte_and_its_order():
         folded += int(np.count_nonzero(b["shape"] == 1) > np.count_nonzero(a["shape"] == 1))
     assert folded > 50
     assert (dma.descriptor_bytes(out, chip._BITS) == dma.descriptor_bytes(recs, chip._BITS)).all()
+
+
+@pytest.mark.parametrize("inputs,fragment", [
+    ({"a": np.zeros((16, 16))}, "did you mean 'A'?"),
+    ({"A": np.zeros(300)}, "has 300 values"),
+    ({"A": np.full((16, 16), 1000)}, "-128..127"),
+])
+def test_bad_functional_inputs_are_one_line_input_errors(inputs, fragment):
+    """The Python API checks inputs before the timed run: an unknown buffer, a wrong element
+    count (which would silently overwrite the next buffer) or unrepresentable values."""
+    from tilesim.errors import InputError
+    with pytest.raises(InputError) as e:
+        chip.run(_program("gemm_double_buffered"), config.load("teach-4x4"), functional=True,
+                 inputs=inputs)
+    assert "\n" not in str(e.value) and fragment in str(e.value)

@@ -47,7 +47,7 @@ from tilesim.arch import sram as sram_mod
 from tilesim.arch import vector as vector_mod
 from tilesim.config import VECTOR_OPS, ChipConfig
 from tilesim.dtypes import BY_CODE
-from tilesim.errors import ProgramError
+from tilesim.errors import InputError, ProgramError
 from tilesim.isa.opcodes import Flag, Op, VecOp, engine_kind, engine_name
 from tilesim.isa.program import Program
 
@@ -191,10 +191,8 @@ def instruction_tables(program: Program, cfg: ChipConfig) -> dict[str, np.ndarra
         for name in VECTOR_OPS:
             here = vop == int(VecOp[name.upper()])
             if here.any():
-                spec = cfg.cores.vector.ops[name]
-                rate = cfg.cores.vector.lanes * spec.elems_per_lane_per_cycle
-                dur_a[sel[here]] = np.maximum(1, np.ceil(elems[here] / rate - 1e-9)).astype(np.int64)
-                dur_b[sel[here]] = spec.latency_cycles
+                dur_a[sel[here]], dur_b[sel[here]] = vector_mod.vop_cycles(
+                    name, elems[here], cfg.cores.vector)
         fl = flags[sel]
         binary = np.isin(vop, [VecOp.ADD, VecOp.SUB, VecOp.MUL, VecOp.MAX, VecOp.ROPE])
         second = np.where(fl & Flag.BCAST_ROW, rows, np.where(fl & Flag.BCAST_COL, cols,
@@ -226,6 +224,35 @@ def _offsets(base: int, shape, strides) -> np.ndarray:
             + idx[2][None, None, :, None] + idx[3][None, None, None, :])
 
 
+def unknown_buffer(name: str, program: Program) -> str:
+    """The message for a buffer name ``program`` does not have, with a did-you-mean."""
+    import difflib
+    names = [b.name for b in program.buffers]
+    hint = ([n for n in names if n.lower() == str(name).lower()]
+            or difflib.get_close_matches(str(name), names, n=1))
+    return (f"{name!r} is not a buffer of {program.source or program.name}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def input_problem(program: Program, name: str, values) -> str | None:
+    """Why ``values`` cannot be written into buffer ``name`` (unknown buffer, wrong element
+    count, values its datatype cannot hold), or None."""
+    from tilesim.dtypes import encode
+    if name not in {b.name for b in program.buffers}:
+        return unknown_buffer(name, program)
+    b = program.buffer(name)
+    values = np.asarray(values)
+    want = int(np.prod(b.shape)) if b.shape else 1
+    if values.size != want:
+        return (f"has {values.size} values of shape {tuple(values.shape)}, but buffer {name} holds "
+                f"{want} ({b.dtype}, shape {tuple(b.shape)})")
+    try:
+        encode(values.reshape(-1), b.dtype)
+    except ValueError as e:
+        return f"{e} (buffer {name})"
+    return None
+
+
 class FunctionalMemory:
     """The bytes of every core's SRAM and of the DRAM a program touches, plus named access.
 
@@ -250,8 +277,12 @@ class FunctionalMemory:
         return self.dram if buf.space == "dram" else self.sram[buf.core]
 
     def write(self, name: str, values) -> None:
-        """Store ``values`` (any shape with the buffer's element count) into buffer ``name``."""
+        """Store ``values`` (any shape with the buffer's element count) into buffer ``name``;
+        InputError (one line) when :func:`input_problem` finds something wrong."""
         from tilesim.dtypes import encode
+        why = input_problem(self.program, name, values)
+        if why:
+            raise InputError(f"input {name!r}: {why}")
         b = self.program.buffer(name)
         raw = encode(np.asarray(values).reshape(-1), b.dtype)
         self._space(b)[b.addr:b.addr + raw.size] = raw
@@ -501,6 +532,11 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
 
     if validate:
         static_check(program, cfg)
+    fmem = None
+    if functional:   # inputs are checked before the timed run, not after it
+        fmem = FunctionalMemory(program, cfg)
+        for name, values in (inputs or {}).items():
+            fmem.write(name, values)
     tabs = instruction_tables(program, cfg)
     n_e = program.engines_per_core
     n_eng = program.n_cores * n_e
@@ -578,7 +614,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         dram=mem.finish(int(t_final), core_fs))
     _account_energy(stats, cfg, mem)
     if functional:
-        stats.memory = _run_functional(program, cfg, t_start, t_end, inputs or {})
+        stats.memory = _run_functional(program, cfg, t_start, t_end, fmem)
     return stats
 
 
@@ -624,12 +660,10 @@ def _account_energy(stats: RunStats, cfg: ChipConfig, mem) -> None:
     stats.energy_table = dict(table)
 
 
-def _run_functional(program: Program, cfg: ChipConfig, t_start, t_end, inputs: dict
+def _run_functional(program: Program, cfg: ChipConfig, t_start, t_end, mem: FunctionalMemory
                     ) -> FunctionalMemory:
-    """Apply every instruction in completion order (ties: start, then program order)."""
-    mem = FunctionalMemory(program, cfg)
-    for name, values in inputs.items():
-        mem.write(name, values)
+    """Apply every instruction to ``mem`` (inputs written) in completion order (ties: start,
+    then program order)."""
     n_e = program.engines_per_core
     core_of = np.zeros(len(program.instrs), np.int64)
     last_ldw = np.full(len(program.instrs), -1, np.int64)

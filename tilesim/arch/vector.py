@@ -19,13 +19,15 @@ throughput), per-lane predication.
 """
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from tilesim.config import VectorConfig
 
 
-def vop_cycles(op: str, elements: int, cfg: VectorConfig) -> tuple[int, int]:
-    """(throughput cycles, latency cycles) of a VOP ``op`` over ``elements`` input elements."""
+def vop_cycles(op: str, elements, cfg: VectorConfig):
+    """(throughput cycles, latency cycles) of a VOP ``op`` over ``elements`` input elements
+    (an int, or an array of them: then the throughput cycles are an int64 array)."""
     spec = cfg.ops[op]
     rate = cfg.lanes * spec.elems_per_lane_per_cycle
-    return max(1, math.ceil(elements / rate - 1e-9)), spec.latency_cycles
+    cycles = np.maximum(1, np.ceil(np.asarray(elements) / rate - 1e-9)).astype(np.int64)
+    return (int(cycles) if cycles.ndim == 0 else cycles), spec.latency_cycles

@@ -11,7 +11,6 @@ a buffer not given starts as zeros. ``--output C`` prints a buffer's values afte
 """
 from __future__ import annotations
 
-import difflib
 import time
 
 import numpy as np
@@ -59,20 +58,12 @@ def load_program(path: str):
     return assemble(read_text(path), path)
 
 
-def _unknown_buffer(name: str, program) -> str:
-    names = [b.name for b in program.buffers]
-    hint = ([n for n in names if n.lower() == name.lower()]
-            or difflib.get_close_matches(name, names, n=1))
-    return (f"{name!r} is not a buffer of {program.source or program.name}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-
-
 def read_inputs(specs: list[str], program) -> dict[str, np.ndarray]:
     """``NAME=FILE.npy`` arguments -> buffer name -> values, checked against the buffers.
 
     Every problem (malformed argument, unknown buffer, unreadable file, wrong element count,
     values the buffer's datatype cannot hold) is collected and raised as one InputError."""
-    from tilesim.dtypes import encode
+    from tilesim.arch import chip
 
     values: dict[str, np.ndarray] = {}
     problems: list[str] = []
@@ -83,7 +74,7 @@ def read_inputs(specs: list[str], program) -> dict[str, np.ndarray]:
             problems.append(f"{spec!r} is not NAME=FILE.npy")
             continue
         if name not in names:
-            problems.append(_unknown_buffer(name, program))
+            problems.append(chip.unknown_buffer(name, program))
             continue
         if name in values:
             problems.append(f"{name!r} is given twice")
@@ -95,20 +86,13 @@ def read_inputs(specs: list[str], program) -> dict[str, np.ndarray]:
                 f"not a .npy array: {e.__class__.__name__}: {e}"
             problems.append(f"{path}: cannot read ({why})")
             continue
-        buf = program.buffer(name)
-        want = int(np.prod(buf.shape)) if buf.shape else 1
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
             problems.append(f"{path}: holds {getattr(arr, 'dtype', type(arr))} values, not "
                             f"numbers")
             continue
-        if arr.size != want:
-            problems.append(f"{path}: has {arr.size} values of shape {tuple(arr.shape)}, but "
-                            f"buffer {name} holds {want} ({buf.dtype}, shape {tuple(buf.shape)})")
-            continue
-        try:
-            encode(arr.reshape(-1), buf.dtype)
-        except ValueError as e:
-            problems.append(f"{path}: {e} (buffer {name})")
+        why = chip.input_problem(program, name, arr)
+        if why:
+            problems.append(f"{path}: {why}")
             continue
         values[name] = arr
     if problems:
@@ -126,7 +110,9 @@ def loaded_buffers(program) -> list[str]:
 
 
 def check_outputs(names: list[str], program) -> None:
-    bad = [_unknown_buffer(n, program) for n in names if n not in
+    from tilesim.arch import chip
+
+    bad = [chip.unknown_buffer(n, program) for n in names if n not in
            {b.name for b in program.buffers}]
     if bad:
         raise InputError("--output: " + "; ".join(bad))
