@@ -11,7 +11,6 @@ overlap between the end of one layer and the start of the next: a small, stated 
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from tilesim import config as config_mod
 from tilesim.errors import InputError
+from tilesim.report.progress import ProgressBar
 
 PHASES = ("prefill", "decode")
 
@@ -30,6 +30,7 @@ class Part:
     label: str              # "embed", "layers 0-31", "head"
     times: int
     stats: object           # arch.chip.RunStats
+    program: object         # isa.Program that ran
     ops: list               # op names
     tags: np.ndarray        # op index per instruction
     kinds: dict             # op name -> kind
@@ -75,7 +76,6 @@ class Result:
         from tilesim.isa.opcodes import Op
         rows: dict[str, dict] = {}
         for p in self.parts:
-            ins = p.stats  # noqa: F841
             prog_ins = p.program.instrs
             nbytes = dma.descriptor_bytes(prog_ins, chip._BITS)
             mm = prog_ins["op"] == Op.MM
@@ -164,7 +164,7 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     """Simulate one forward step of ``model`` on ``chip``; see the module docstring.
 
     chip: ChipConfig, preset name or YAML path. model: ModelSpec, preset name or config.json.
-    progress: None (a bar on stderr when the run is long), False (silent) or a callable
+    progress: None (a bar on stderr when it is a terminal), False (silent) or a callable
     ``progress(done, total, label)``."""
     from tilesim.arch import chip as chip_mod
     from tilesim.programs import codegen, graph, models
@@ -198,36 +198,19 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     plan.append(("head", by_layer[-1][1:], 1))
 
     res = Result(cfg, spec, phase, batch, context)
-    report = _progress(progress, len(plan))
+    bar = None if callable(progress) else ProgressBar(
+        len(plan), "simulate", enabled=False if progress is False else None)
     for i, (label, nds, times) in enumerate(plan):
-        report(i, label)
+        if bar is None:
+            progress(i, len(plan), label)
         comp = codegen.compile_nodes(spec, nds, cfg, phase, batch, context, name=label)
         stats = chip_mod.run(comp.program, cfg, validate=validate)
-        part = Part(label, times, stats, comp.ops, comp.tags,
-                    {nd["name"]: nd["kind"] for nd in nds})
-        part.program = comp.program
-        res.parts.append(part)
-    report(len(plan), "done")
+        res.parts.append(Part(label, times, stats, comp.program, comp.ops, comp.tags,
+                              {nd["name"]: nd["kind"] for nd in nds}))
+        if bar is not None:
+            bar.label = f"simulate {label}"
+            bar.update()
+    if bar is not None:
+        bar.close()
     res.wall_s = time.perf_counter() - t0
     return res
-
-
-def _progress(progress, total: int):
-    """A progress callback: the caller's, none, or a one-line bar on stderr (shown only
-    once a run has taken over two seconds)."""
-    if callable(progress):
-        return lambda i, label: progress(i, total, label)
-    if progress is False:
-        return lambda i, label: None
-    start = time.perf_counter()
-
-    def bar(i, label):
-        if time.perf_counter() - start < 2.0 and i < total:
-            return
-        width = 30
-        filled = width * i // total
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {i}/{total} {label:<32}")
-        if i >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-    return bar

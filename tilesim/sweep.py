@@ -291,7 +291,7 @@ def parse_sweep(data: Any, source: str = "<sweep>", *, base_dir: str | Path = ".
     if mode == "random":
         for key in ("seed", "samples"):
             if key not in data:
-                ctx.fail(key, None, f"an integer, required with mode: random", missing=True)
+                ctx.fail(key, None, "an integer, required with mode: random", missing=True)
         seed = _config._scalar(ctx, "seed", int, data["seed"], {"min": 0})
         samples = _config._scalar(ctx, "samples", int, data["samples"], {"min": 1})
     else:

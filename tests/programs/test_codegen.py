@@ -158,7 +158,7 @@ def test_run_bad_inputs(capsys, tmp_path):
                                "num_attention_heads": 6, "num_key_value_heads": 4,
                                "intermediate_size": 128, "max_position_embeddings": 64}))
     _one_line_error(capsys, ["run", "--model", str(bad)], str(bad))
-    _one_line_error(capsys, ["run", "--batch", "0"], "--batch")
+    _one_line_error(capsys, ["run", "--batch", "0"], "batch 0", ">= 1")
 
 
 def test_run_json_and_outputs(capsys, tmp_path, monkeypatch):

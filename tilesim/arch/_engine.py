@@ -1789,10 +1789,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             nb = min(run - d_off[g], req_bytes - far % req_bytes)
             if op != 12:
                 nb = min(nb, chunk - far % chunk)
-            if op == 10:
-                sram_a, sram_core = dst, core
-            else:
-                sram_a, sram_core = src, core
+            sram_a = dst if op == 10 else src
             if sram_a < 0 or sram_a + nb > sram_size:
                 err = ERR_SRAM_RANGE
                 err_instr = i

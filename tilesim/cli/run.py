@@ -46,11 +46,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from tilesim.errors import InputError
     from tilesim.step import simulate
 
-    if args.batch < 1:
-        raise InputError(f"--batch {args.batch}: allowed: an integer >= 1")
     res = simulate(args.config, args.model, args.phase, args.batch, args.context,
                    all_layers=args.all_layers, ignore_capacity=args.ignore_capacity,
                    weight_dtype=args.weight_dtype, progress=False if args.json else None)

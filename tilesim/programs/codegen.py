@@ -539,6 +539,7 @@ class AttnJob:
     cache_k: Tensor         # [B*kv_heads*positions, score_width]
     cache_v: Tensor | None
     positions: int          # cache rows per (sequence, kv head)
+    qk_dim: int             # the softmax scale is 1 / sqrt(qk_dim): head_dim (MLA: nope + rope)
     window: int = 0
 
 
@@ -563,7 +564,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
              for qi in range(q_blocks)]
     mask_tiles: dict = {}
     qrow_bytes = job.q.row_bytes
-    scale = 1.0 / math.sqrt(sw if not job.shared_kv else sw)
+    scale = 1.0 / math.sqrt(job.qk_dim)
     for core, run in enumerate(split(len(units), em.cores)):
         if not len(run):
             continue
@@ -937,12 +938,13 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
                 job = AttnJob(nm, batch, node["q_heads"], kvh, queries, keys,
                               0 if phase == "prefill" else context, phase == "prefill", sw, vw,
                               True, t("qm", T, H * sw), t("kva", T, sw), None,
-                              t("lat", T, H * vw), cache_k, None, positions, node["window"])
+                              t("lat", T, H * vw), cache_k, None, positions, spec.head_dim,
+                              node["window"])
             else:
                 job = AttnJob(nm, batch, node["q_heads"], kvh, queries, keys,
                               0 if phase == "prefill" else context, phase == "prefill", sw, vw,
                               False, t("q", T, H * hd), t("k", T, KV * hd), t("v", T, KV * hd),
-                              t("attn", T, H * hd), cache_k, cache_v, positions,
+                              t("attn", T, H * hd), cache_k, cache_v, positions, hd,
                               node["window"])
             emit_attention(em, lay, job, act, kvdt)
         elif kind == "residual_add":

@@ -23,7 +23,6 @@ candidates, well under a millisecond per op.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from tilesim.config import ChipConfig
@@ -53,7 +52,7 @@ class MatmulPlan:
     est_cycles: float   # the estimate the search minimised
 
 
-def sram_need(mb, w, kt, kl, k, resident, in_dt, w_dt, acc_dt, act_dt) -> int:
+def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt) -> int:
     """Per-core SRAM bytes of a plan: X (resident block or two streamed slots), two weight
     slots of kl x w, the accumulator and the converted output tile."""
     x = nbytes(mb * k, in_dt) if resident else 2 * nbytes(mb * kl, in_dt)
@@ -87,14 +86,13 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
             used = min(cores, units)
             for resident in (True, False):
                 for kl in kls:
-                    need = sram_need(mb, w, kt, kl, k, resident, sa.input_dtype, sa.weight_dtype,
+                    need = sram_need(mb, w, kl, k, resident, sa.input_dtype, sa.weight_dtype,
                                      acc_dt, act_dt)
                     if need > size:
                         continue
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
-                    x_reads = 1 if resident else n_tiles
                     # resident X is loaded once per (core, m-block) it works on
-                    x_copies = min(used, n_tiles * count) if resident else x_reads
+                    x_copies = min(used, n_tiles * count) if resident else n_tiles
                     xbytes = count * nbytes(m * k, act_dt) * max(1, x_copies)
                     ybytes = count * nbytes(m * n, act_dt)
                     dram = wbytes + xbytes + ybytes
@@ -143,6 +141,3 @@ def align(x: int, to: int = ALIGN) -> int:
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
-
-__all__ = ["MatmulPlan", "plan_matmul", "split", "row_blocks", "align", "ceil_div", "nbytes",
-           "sram_need", "math"]
