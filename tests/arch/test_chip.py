@@ -178,6 +178,14 @@ def test_energy_is_counts_times_the_table(example_runs):
         stats.sram_read_bytes.sum() * t["sram_read_pj_per_byte"]
         + stats.sram_write_bytes.sum() * t["sram_write_pj_per_byte"])
     assert stats.energy_pj["dram"] == pytest.approx(stats.dram["energy_pj"])
+    # NoC: teach-4x4 has the core and the memory controller one link apart, so every packet
+    # makes one hop: a load is a control packet out and its data back, a store its data out
+    # and a control packet back. Energy is per byte carried, not per link width.
+    from tilesim.arch._engine import NOC_CTRL_BYTES
+    reqs = stats.dma_requests["load"] + stats.dma_requests["store"]
+    assert stats.noc_byte_hops == (reqs * NOC_CTRL_BYTES + stats.dram_read_bytes
+                                   + stats.dram_write_bytes)
+    assert stats.energy_pj["noc"] == pytest.approx(stats.noc_byte_hops * t["noc_pj_per_byte_hop"])
     assert all(v >= 0 for v in stats.energy_pj.values())
 
 

@@ -1413,6 +1413,11 @@ RQ_LOAD = 0
 RQ_STORE = 1
 RQ_COPY = 2
 
+NOC_CTRL_BYTES = 16
+"""Bytes of a packet without data (a read request or a write acknowledgement: address, size
+and tag), for NoC energy. An assumption, not a sourced figure; data packets count their
+payload."""
+
 # error codes
 ERR_NONE = 0
 ERR_SRAM_RANGE = 1
@@ -1525,6 +1530,8 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     ppool = 2 * pool + 16
     p_dst = np.zeros(ppool, np.int64)
     p_flits = np.zeros(ppool, np.int64)
+    p_bytes = np.zeros(ppool, np.int64)        # bytes the packet carries (energy)
+    byte_hops = np.int64(0)                    # sum over router-to-router links of p_bytes
     p_node = np.zeros(ppool, np.int64)
     p_req = np.zeros(ppool, np.int64)
     p_next = np.arange(1, ppool + 1, dtype=np.int64)
@@ -1871,6 +1878,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 pl = EV_ARRIVE + 16 * p
             else:
                 p_node[p] = nn
+                byte_hops += p_bytes[p]
                 pl = EV_HOP + 16 * p
             if h[0] == 0 or tt < h[2]:
                 # it would be popped next (a fresh seq loses only ties): skip the heap
@@ -1934,6 +1942,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             send_from = -1
             send_to = -1
             flits = 1
+            pbytes = NOC_CTRL_BYTES               # a request or an acknowledgement
             to_dram = False
             stream_core = -1
             stream_mask = np.uint64(0)
@@ -1948,6 +1957,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     ch = dram_channel(dram_T, r_dram[r])
                     send_from, send_to = ch_node[ch], core_node[r_src_core[r]]
                     flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                    pbytes = r_bytes[r]
                 elif stg == 3:    # data at the core: write it into SRAM
                     stream_core = r_src_core[r]
                     stream_mask = r_sram_mask[r]
@@ -1963,6 +1973,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     ch = dram_channel(dram_T, r_dram[r])
                     send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
                     flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                    pbytes = r_bytes[r]
                 elif stg == 2:
                     to_dram = True
                 elif stg == 3:    # written: acknowledge to the core
@@ -1978,6 +1989,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 elif stg == 1:    # data packet to the destination core
                     send_from, send_to = core_node[r_src_core[r]], core_node[r_dst_core[r]]
                     flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                    pbytes = r_bytes[r]
                 elif stg == 2:    # write into the destination SRAM
                     stream_core = r_dst_core[r]
                     stream_mask = r_dst_mask[r]
@@ -1995,6 +2007,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 p_free = p_next[p]
                 p_dst[p] = send_to
                 p_flits[p] = flits
+                p_bytes[p] = pbytes
                 p_node[p] = send_from
                 p_req[p] = r
                 link_flits[n_links + send_from] += flits
@@ -2045,7 +2058,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
         # every per-stream finish event used to be queued and popped, stale or not
         t = t_stale
     return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
-            err, err_instr, sem_cnt, ev_count)
+            err, err_instr, sem_cnt, ev_count, byte_hops)
 
 
 @njit(cache=True)

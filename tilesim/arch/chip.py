@@ -73,6 +73,8 @@ class RunStats:
     dram_write_bytes: int
     noc_link_flits: np.ndarray           # int64[link], all links (noc.NocTables order)
     noc_flit_hops: int                   # flits x router-to-router links
+    noc_byte_hops: int                   # bytes carried x router-to-router links (data
+                                         # payloads; _engine.NOC_CTRL_BYTES per control packet)
     noc_injected_flits: int
     noc_ejected_flits: int
     macs: dict                           # input datatype -> MACs executed
@@ -572,7 +574,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         noc.n_links, noc.n_nodes,
         mem.T, mem.S, mem.ch_node, budget)
     (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t_final,
-     err, err_instr, _sems) = out[:12]
+     err, err_instr, _sems, _events, byte_hops) = out
     if err:
         msg = _ERRORS[int(err)].format(sram=cfg.cores.sram.size_bytes,
                                        dram=mem.capacity_bytes, events=budget)
@@ -608,6 +610,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
                       "copy": int(req_count[2])},
         dram_read_bytes=int(dram_bytes[0]), dram_write_bytes=int(dram_bytes[1]),
         noc_link_flits=link_flits, noc_flit_hops=int(link_flits[:n_links].sum()),
+        noc_byte_hops=int(byte_hops),
         noc_injected_flits=int(link_flits[n_links:n_links + noc.n_nodes].sum()),
         noc_ejected_flits=int(link_flits[n_links + noc.n_nodes:].sum()),
         macs=macs, vector_ops=vops,
@@ -650,7 +653,8 @@ def _account_energy(stats: RunStats, cfg: ChipConfig, mem) -> None:
         "mac": sum(n * table[mac_row[d]] for d, n in stats.macs.items()),
         "sram": (stats.sram_read_bytes.sum() * table["sram_read_pj_per_byte"]
                  + stats.sram_write_bytes.sum() * table["sram_write_pj_per_byte"]),
-        "noc": stats.noc_flit_hops * cfg.noc.link_width_bytes * table["noc_pj_per_byte_hop"],
+        # bytes actually carried: a 4-byte payload on a 256-byte link does not cost 256 bytes
+        "noc": stats.noc_byte_hops * table["noc_pj_per_byte_hop"],
         "vector": sum(n * table["vector_special_pj" if op in special else "vector_alu_pj"]
                       for op, n in stats.vector_ops.items()),
         "dram": stats.dram.get("energy_pj", 0.0),
