@@ -54,6 +54,9 @@ from tilesim.isa.program import Program
 FEMTO = 10**15
 
 
+_EVENT_KINDS = ("try", "done", "stream", "hop", "arrive", "dram", "dma", "req", "stale")  # _engine.EV_*
+
+
 @dataclass
 class RunStats:
     """What a run measured. Times are core cycles; bytes, flits and counts are totals."""
@@ -79,6 +82,7 @@ class RunStats:
     noc_ejected_flits: int
     macs: dict                           # input datatype -> MACs executed
     vector_ops: dict                     # op name -> elements processed
+    events: dict = field(default_factory=dict)     # event kind -> events the loop handled
     dram: dict = field(default_factory=dict)       # DRAM counters (arch/dram)
     energy_pj: dict = field(default_factory=dict)  # component -> pJ
     energy_table: dict = field(default_factory=dict)
@@ -574,7 +578,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         noc.n_links, noc.n_nodes,
         mem.T, mem.S, mem.ch_node, budget)
     (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t_final,
-     err, err_instr, _sems, _events, byte_hops) = out
+     err, err_instr, _sems, ev_count, byte_hops) = out
     if err:
         msg = _ERRORS[int(err)].format(sram=cfg.cores.sram.size_bytes,
                                        dram=mem.capacity_bytes, events=budget)
@@ -614,6 +618,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         noc_injected_flits=int(link_flits[n_links:n_links + noc.n_nodes].sum()),
         noc_ejected_flits=int(link_flits[n_links + noc.n_nodes:].sum()),
         macs=macs, vector_ops=vops,
+        events={k: int(v) for k, v in zip(_EVENT_KINDS, ev_count)},
         dram=mem.finish(int(t_final), core_fs))
     _account_energy(stats, cfg, mem)
     if functional:
