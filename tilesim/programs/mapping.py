@@ -52,14 +52,20 @@ class MatmulPlan:
     est_cycles: float   # the estimate the search minimised
 
 
-def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt) -> int:
+def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None) -> int:
     """Per-core SRAM bytes of a plan: X (resident block or two streamed slots), two weight
-    slots of kl x w, the accumulator and the converted output tile."""
-    x = nbytes(mb * k, in_dt) if resident else 2 * nbytes(mb * kl, in_dt)
-    wts = 2 * nbytes(kl * w, w_dt)
-    acc = nbytes(mb * w, acc_dt) + nbytes(mb * w, act_dt)
-    pad = 4 * ALIGN
-    return x + wts + acc + pad
+    slots of kl x w, the accumulator and the converted output tile. Weights stored as
+    ``w_store`` (default ``w_dt``, the array's type) and X in ``act_dt`` other than ``in_dt``
+    also need staging buffers for the vector engine's conversion (codegen.emit_matmul)."""
+    w_store = w_store or w_dt
+    bufs = [nbytes(mb * k, in_dt)] if resident else [nbytes(mb * kl, in_dt)] * 2
+    if act_dt != in_dt:
+        bufs += [nbytes(mb * k, act_dt)] if resident else [nbytes(mb * kl, act_dt)] * 2
+    bufs += [nbytes(kl * w, w_dt)] * 2
+    if w_store != w_dt:
+        bufs += [nbytes(kl * w, w_store)] * 2
+    bufs += [nbytes(mb * w, acc_dt), nbytes(mb * w, act_dt)]
+    return sum(align(b) for b in bufs)      # each buffer starts ALIGN-aligned (Emitter.alloc)
 
 
 def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: str,
@@ -87,7 +93,7 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
             for resident in (True, False):
                 for kl in kls:
                     need = sram_need(mb, w, kl, k, resident, sa.input_dtype, sa.weight_dtype,
-                                     acc_dt, act_dt)
+                                     acc_dt, act_dt, w_store=w_dt)
                     if need > size:
                         continue
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
