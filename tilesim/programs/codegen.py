@@ -35,7 +35,7 @@ import numpy as np
 
 from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
-from tilesim.isa.opcodes import Engine, Flag, Op, VecOp
+from tilesim.isa.opcodes import NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
@@ -133,6 +133,21 @@ class Emitter:
             signal = signal + [self.done]
             self.done_count += 1
         self._raw(core, engine, wait, signal, **f)
+
+    def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
+        """Append INSTR_DTYPE records built as columns; the op barrier goes into the first
+        record's free wait slot (or a NOP before it), as :meth:`emit` does."""
+        key = (core, int(engine))
+        if key not in self.fresh:
+            self.fresh.add(key)
+            if self.prev is not None:
+                free = np.flatnonzero(block["wait_sem"][0] == NO_SEM)
+                if free.size == 0:
+                    self._raw(core, engine, [self.prev], [], op=Op.NOP)
+                else:
+                    block["wait_sem"][0, free[0]], block["wait_count"][0, free[0]] = self.prev
+        self.b.emit_block(core, engine, block)
+        self.tags.setdefault(key, []).extend([len(self.ops) - 1] * len(block))
 
     def _raw(self, core, engine, wait, signal, **f):
         self.b.emit(core, engine, wait=wait, signal=signal, **f)
@@ -317,30 +332,14 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                 if plan.resident and x_waited != x_loaded:
                     wait_mat.append((xready, x_loaded))
                     x_waited = x_loaded
-                for t in range(ceil_div(kr, kt)):
-                    kk = min(kt, kr - t * kt)
-                    first = s == 0 and t == 0
-                    last = s == steps - 1 and t == ceil_div(kr, kt) - 1
-                    waits = wait_mat if t == 0 else []
-                    em.emit(core, Engine.MATRIX, waits, [], op=Op.LDW,
-                            src_addr=ws[slot] + nbytes(t * kt * wj, w_dt), k=kk, n=wj,
-                            src_stride=(0, 0, nbytes(wj, w_dt), 0), dtype=_code(w_dt))
-                    if plan.resident:
-                        a_addr, a_row = xres + nbytes(k0 + t * kt, in_dt), nbytes(k, in_dt)
-                    else:
-                        a_addr, a_row = xs[slot] + nbytes(t * kt, in_dt), nbytes(kr, in_dt)
-                    sig = []
-                    if t == ceil_div(kr, kt) - 1:
-                        sig.append(empty[slot])
-                    if last:
-                        sig.append(accd)
-                    # the accumulator is free once the previous tile has been converted
-                    mw = [(outd, n_acc)] if first and n_acc else []
-                    em.emit(core, Engine.MATRIX, mw, sig, op=Op.MM, src_addr=a_addr,
-                            dst_addr=acc, m=rows, k=kk, n=wj,
-                            src_stride=(0, 0, a_row, 0),
-                            dst_stride=(0, 0, nbytes(wj, acc_dt), 0), dtype=_code(in_dt),
-                            dtype2=_code(acc_dt), flags=0 if first else int(Flag.ACCUMULATE))
+                if plan.resident:
+                    a_addr, a_k0, a_row = xres, k0, nbytes(k, in_dt)
+                else:
+                    a_addr, a_k0, a_row = xs[slot], 0, nbytes(kr, in_dt)
+                em.emit_block(core, Engine.MATRIX, _ldw_mm_run(
+                    kr, kt, wj, rows, ws[slot], w_dt, a_addr, a_k0, a_row, in_dt, acc, acc_dt,
+                    wait_mat, [(outd, n_acc)] if s == 0 and n_acc else [], s == 0,
+                    [empty[slot]] + ([accd] if s == steps - 1 else [])))
                 uses[slot] += 1
                 n_chunk += 1
             n_acc += 1
@@ -352,6 +351,42 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                               + j * w)
             em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), job.y.row_bytes,
                      act, wait=[(outd, n_acc)], signal=[stored])
+
+
+def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc, acc_dt,
+                ldw_wait, mm_wait, first, signal) -> np.ndarray:
+    """The matrix engine's records for one weight chunk of ``kr`` K-rows: per step of ``kt``
+    rows an ``ldw`` of the ``kt x wj`` tile at ``w_addr`` and an ``mm`` streaming ``rows`` rows
+    of X (from K-offset ``a_k0`` of the block at ``a_addr``) into the accumulator. The first
+    ldw waits on ``ldw_wait``, the first mm on ``mm_wait``; the first mm of a tile (``first``)
+    overwrites the accumulator, the rest accumulate; the last mm signals ``signal``."""
+    steps = ceil_div(kr, kt)
+    t = np.arange(steps, dtype=np.int64)
+    kk = np.minimum(kt, kr - t * kt)
+    blk = blank(2 * steps)
+    ldw, mm = blk[0::2], blk[1::2]
+    wbits, abits = DTYPES[w_dt].bits, DTYPES[in_dt].bits
+    ldw["op"] = Op.LDW
+    ldw["src_addr"] = w_addr + (t * kt * wj * wbits + 7) // 8
+    ldw["k"], ldw["n"] = kk, wj
+    ldw["src_stride"][:, 2] = nbytes(wj, w_dt)
+    ldw["dtype"] = _code(w_dt)
+    mm["op"] = Op.MM
+    mm["src_addr"] = a_addr + ((a_k0 + t * kt) * abits + 7) // 8
+    mm["dst_addr"] = acc
+    mm["m"], mm["k"], mm["n"] = rows, kk, wj
+    mm["src_stride"][:, 2] = a_row
+    mm["dst_stride"][:, 2] = nbytes(wj, acc_dt)
+    mm["dtype"], mm["dtype2"] = _code(in_dt), _code(acc_dt)
+    mm["flags"] = int(Flag.ACCUMULATE)
+    if first:
+        mm["flags"][0] = 0
+    for rec, waits in ((ldw, ldw_wait), (mm, mm_wait)):
+        for i, (sem, count) in enumerate(waits):
+            rec["wait_sem"][0, i], rec["wait_count"][0, i] = sem, count
+    for i, sem in enumerate(signal):
+        mm["signal_sem"][-1, i] = sem
+    return blk
 
 
 # ============================================================================================
