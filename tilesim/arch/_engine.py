@@ -1022,6 +1022,8 @@ INF = np.int64(2**62)
 # ============================================================================================
 # Event queue: a binary min-heap of (time, seq) keys with an int64 payload.
 # Same-time events pop in the order they were pushed (seq), so runs are deterministic.
+# The chip loop puts events due soon in a calendar ring instead (cal_new, ev_push, ev_pop):
+# O(1) per event, and the same pop order, as a pop takes the smaller key of both.
 # ============================================================================================
 
 
@@ -1117,6 +1119,90 @@ def heap_pop(h):
         d = 2 + 3 * i
         h[d], h[d + 1], h[d + 2] = lt, ls, lp
     return top_t, top_p
+
+
+@njit(cache=True)
+def cal_new(log2_width, slots):
+    """An empty calendar: a ring of ``2**log2_width`` (>= 64) one-cycle buckets holding up to
+    ``slots`` events due within that many cycles of the current time, each bucket a FIFO in
+    push order. One int64 array: [count, first free slot, current time (cycles), width, then
+    4 unused; per bucket its first slot (-1: empty); per bucket its last slot; the bitmap of
+    non-empty buckets (width / 64 words); then (seq, payload, next slot) per slot]."""
+    w = 1 << log2_width
+    o_slot = 8 + 2 * w + w // 64
+    c = np.zeros(o_slot + 3 * slots, np.int64)
+    c[3] = w
+    c[8:8 + w] = -1
+    for k in range(slots):
+        c[o_slot + 3 * k + 2] = k + 1
+    c[o_slot + 3 * (slots - 1) + 2] = -1
+    return c
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ev_push(h, c, time, payload):
+    """Queue an event at ``time`` (cycles, not before the current time) with the next
+    sequence number: in calendar ``c`` when it is due within its width and a slot is free,
+    else in heap ``h`` (which must have a free slot)."""
+    seq = h[1]
+    h[1] += 1
+    w = c[3]
+    k = c[1]
+    if 0 <= time - c[2] < w and k >= 0:
+        o_slot = 8 + 2 * w + (w >> 6)
+        e = o_slot + 3 * k
+        c[1] = c[e + 2]
+        c[e] = seq
+        c[e + 1] = payload
+        c[e + 2] = -1
+        b = time & (w - 1)
+        if c[8 + b] < 0:
+            c[8 + b] = k
+            c[8 + 2 * w + (b >> 6)] |= np.int64(1) << (b & 63)
+        else:
+            c[o_slot + 3 * c[8 + w + b] + 2] = k
+        c[8 + w + b] = k
+        c[0] += 1
+    else:
+        heap_put_seq(h, time, seq, payload)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ev_pop(h, c):
+    """Remove the earliest (time, seq) event of calendar ``c`` and heap ``h`` (not both empty);
+    returns (time, payload) and makes that time the calendar's current time."""
+    w = c[3]
+    cur = c[2]
+    rt = INF
+    b = 0
+    if c[0] > 0:
+        # the first non-empty bucket at or after the current time's, around the ring
+        o_bm = 8 + 2 * w
+        b0 = cur & (w - 1)
+        wi = b0 >> 6
+        word = c[o_bm + wi] & (np.int64(-1) << (b0 & 63))
+        while word == 0:
+            wi = (wi + 1) & ((w >> 6) - 1)
+            word = c[o_bm + wi]
+        b = (wi << 6) + trailing_zeros(word)
+        rt = cur + ((b - b0) & (w - 1))
+    o_slot = 8 + 2 * w + (w >> 6)
+    if h[0] > 0 and (h[2] < rt or (h[2] == rt and h[3] < c[o_slot + 3 * c[8 + b]])):
+        t, payload = heap_pop(h)
+    else:
+        k = c[8 + b]
+        e = o_slot + 3 * k
+        nxt = c[e + 2]
+        c[8 + b] = nxt
+        if nxt < 0:
+            c[8 + 2 * w + (b >> 6)] &= ~(np.int64(1) << (b & 63))
+        payload = c[e + 1]
+        c[e + 2] = c[1]
+        c[1] = k
+        c[0] -= 1
+        t = rt
+    c[2] = t
+    return t, payload
 
 
 # ============================================================================================
@@ -1431,7 +1517,7 @@ ERR_COPY_CORE = 5
 
 
 @njit(cache=True, _nrt=False)
-def _signal(h, sems, t, sem_cnt, sem_head, w_next, state):
+def _signal(h, cq, sems, t, sem_cnt, sem_head, w_next, state):
     """An instruction completes at ``t``: count its signals (``sems``, -1 = none) and wake every
     engine queued on those semaphores (EV_TRY at ``t``)."""
     for k in range(sems.shape[0]):
@@ -1444,7 +1530,7 @@ def _signal(h, sems, t, sem_cnt, sem_head, w_next, state):
                 nw = w_next[w]
                 w_next[w] = -1
                 state[w] = ENG_IDLE
-                heap_put(h, t, EV_TRY + 16 * w)
+                ev_push(h, cq, t, EV_TRY + 16 * w)
                 w = nw
 
 
@@ -1566,17 +1652,17 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits)
     sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
     mc = (ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes)
-    reg = np.zeros(10, np.int64)      # the loop's registers (_chip_loop)
-    reg[2] = -1
+    reg = np.zeros(8, np.int64)       # the loop's registers (_chip_loop)
     # the most one event can push: a wake-up and a stream per engine, a channel's queue
     margin = 2 * n_eng + dram_T.rq_cap + dram_T.wq_cap + 64
-    h = heap_new(4096 + n_eng + margin)
+    h = heap_new(4096 + margin)
+    cq = cal_new(11, 2 * pool + 4 * n_eng + 1024)   # 2,048 cycles ahead
     for g in range(n_eng):
-        heap_put(h, 0, EV_TRY + 16 * g)
-    while _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links, n_nodes,
-                     cap, dram_T, dram_S, max_events):
+        ev_push(h, cq, 0, EV_TRY + 16 * g)
+    while _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
+                     n_nodes, cap, dram_T, dram_S, max_events):
         h = heap_grow(h)
-    t, err, err_instr, byte_hops, t_stale = reg[0], reg[8], reg[9], reg[6], reg[7]
+    t, err, err_instr, byte_hops, t_stale = reg[0], reg[6], reg[7], reg[4], reg[5]
     if err == ERR_NONE and t_stale > t:
         # every per-stream finish event used to be queued and popped, stale or not
         t = t_stale
@@ -1585,17 +1671,17 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
 
 
 @njit(cache=True, _nrt=False)
-def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links, n_nodes, cap,
-               dram_T, dram_S, max_events):
+def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links, n_nodes,
+               cap, dram_T, dram_S, max_events):
     """The event loop of ``chip_run`` over the state it allocated (tuples of arrays, in the
-    order built there). Runs until no event is left or an error, then returns False; returns
-    True, with every register saved, when the heap has fewer than ``margin`` free slots (the
-    most one event can push): the caller grows it and calls again.
+    order built there; events in calendar ``cq`` and heap ``h``). Runs until no event is left
+    or an error, then returns False; returns True, with every register saved, when the heap
+    has fewer than ``margin`` free slots (the most one event can push, should the calendar be
+    full): the caller grows it and calls again.
 
     ``reg`` (int64) carries the registers between calls: 0 time (core cycles), 1 events
-    handled, 2 payload of the event kept off the heap (-1 none), 3 its time, 4 first free
-    request, 5 first free packet, 6 byte-hops, 7 latest stream finish computed, 8 error code,
-    9 the instruction it names."""
+    handled, 2 first free request, 3 first free packet, 4 byte-hops, 5 latest stream finish
+    computed, 6 error code, 7 the instruction it names."""
     (instrs, i_eng, q_start, q_end, eng_kind, eng_core, dur_a, dur_b, s_read, s_write,
      s_mask, elem_bits, prm, core_node, next_link, link_dst, ch_node) = inp
     t_issue, t_start, t_end, i_pending, i_issued_all = ins
@@ -1628,16 +1714,14 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
 
     t = reg[0]
     events = reg[1]
-    fast_p = reg[2]           # an event that would be the next popped, kept off the heap
-    fast_t = reg[3]
-    r_free = reg[4]
-    p_free = reg[5]
-    byte_hops = reg[6]        # sum over router-to-router links of p_bytes
-    t_stale = reg[7]          # latest finish time computed: the old per-stream events' end
-    err = reg[8]
-    err_instr = reg[9]
+    r_free = reg[2]
+    p_free = reg[3]
+    byte_hops = reg[4]        # sum over router-to-router links of p_bytes
+    t_stale = reg[5]          # latest finish time computed: the old per-stream events' end
+    err = reg[6]
+    err_instr = reg[7]
     grow = False
-    while h[0] > 0 or fast_p >= 0:
+    while h[0] > 0 or cq[0] > 0:
         if 3 * (h[0] + margin) + 2 > h.shape[0]:
             grow = True
             break
@@ -1645,11 +1729,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
         if events > max_events:
             err = ERR_EVENTS
             break
-        if fast_p >= 0:
-            t, payload = fast_t, fast_p
-            fast_p = -1
-        else:
-            t, payload = heap_pop(h)
+        t, payload = ev_pop(h, cq)
         kind = payload & 15
         obj = payload >> 4
         ev_count[kind] += 1
@@ -1686,20 +1766,20 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                     else:                         # MM: streaming over, drain remains
                         m_stream_busy[g] = False
                         m_accept_end[g] = t
-                        heap_put(h, t + dur_b[i], EV_DONE + 16 * i)
+                        ev_push(h, cq, t + dur_b[i], EV_DONE + 16 * i)
                         if state[g] == ENG_WAIT_RES:
                             state[g] = ENG_IDLE
-                            heap_put(h, t, EV_TRY + 16 * g)
+                            ev_push(h, cq, t, EV_TRY + 16 * g)
                         continue
                 else:
-                    heap_put(h, t + dur_b[i], EV_DONE + 16 * i)
+                    ev_push(h, cq, t + dur_b[i], EV_DONE + 16 * i)
                     continue
                 # LDW finished
                 t_end[i] = t
-                _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if state[g] == ENG_WAIT_RES:
                     state[g] = ENG_IDLE
-                    heap_put(h, t, EV_TRY + 16 * g)
+                    ev_push(h, cq, t, EV_TRY + 16 * g)
                 continue
             # a request stream: owner = -(request + 1)
             r = -owner - 1
@@ -1737,7 +1817,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 if op == 0 or op == 1:            # NOP / HALT: done at once
                     t_start[i] = t
                     t_end[i] = t
-                    _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                    _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                     if op == 1:
                         for j in range(i + 1, q_end[g]):
                             t_issue[j] = t
@@ -1764,7 +1844,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                             # os, overlapped: end at least R cycles after the previous end
                             earliest = m_accept_end[g] + n_rows - dur_a[i]
                             if earliest > t:
-                                heap_put(h, earliest, EV_TRY + 16 * g)
+                                ev_push(h, cq, earliest, EV_TRY + 16 * g)
                                 break
                         m_stream_busy[g] = True
                         m_mm_inflight[g] += 1
@@ -1795,7 +1875,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                     d_idx[g, k] = 0
                 d_off[g] = 0
                 state[g] = ENG_BUSY
-                heap_put(h, t, EV_DMA + 16 * g)
+                ev_push(h, cq, t, EV_DMA + 16 * g)
                 break
             if err != ERR_NONE:
                 break
@@ -1805,15 +1885,15 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
             i = obj
             g = i_eng[i]
             t_end[i] = t
-            _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+            _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
             if eng_kind[g] == 0:
                 m_mm_inflight[g] -= 1
                 if state[g] == ENG_WAIT_RES:
                     state[g] = ENG_IDLE
-                    heap_put(h, t, EV_TRY + 16 * g)
+                    ev_push(h, cq, t, EV_TRY + 16 * g)
             else:
                 state[g] = ENG_IDLE
-                heap_put(h, t, EV_TRY + 16 * g)
+                ev_push(h, cq, t, EV_TRY + 16 * g)
             continue
 
         if kind == EV_DMA:
@@ -1922,9 +2002,9 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 d_instr[g] = -1
                 pc[g] = i + 1
                 state[g] = ENG_IDLE
-                heap_put(h, t + 1, EV_TRY + 16 * g)
+                ev_push(h, cq, t + 1, EV_TRY + 16 * g)
             else:
-                heap_put(h, t + 1, EV_DMA + 16 * g)
+                ev_push(h, cq, t + 1, EV_DMA + 16 * g)
             # start the request now: it becomes an EV_REQ at stage 0
             kind = EV_REQ
             obj = r
@@ -1939,13 +2019,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 p_node[p] = nn
                 byte_hops += p_bytes[p]
                 pl = EV_HOP + 16 * p
-            if h[0] == 0 or tt < h[2]:
-                # it would be popped next (a fresh seq loses only ties): skip the heap
-                h[1] += 1
-                fast_t = tt
-                fast_p = pl
-            else:
-                heap_put(h, tt, pl)
+            ev_push(h, cq, tt, pl)
             continue
 
         if kind == EV_ARRIVE:
@@ -1970,7 +2044,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 if r < 0:
                     break
                 tc = _ceil_div(dram_completion(dram_S, r) * dram_fs, core_fs)
-                heap_put(h, max(tc, t), EV_REQ + 16 * r)
+                ev_push(h, cq, max(tc, t), EV_REQ + 16 * r)
             while ovf_n[ch] > 0:
                 r = ovf[ch, ovf_h[ch]]
                 if not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
@@ -1984,12 +2058,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 if tc <= t:
                     tc = t + 1
                 ch_evt[ch] = tc
-                if h[0] == 0 or tc < h[2]:
-                    h[1] += 1
-                    fast_t = tc
-                    fast_p = EV_DRAM + 16 * ch
-                else:
-                    heap_put(h, tc, EV_DRAM + 16 * ch)
+                ev_push(h, cq, tc, EV_DRAM + 16 * ch)
             continue
 
         if kind == EV_REQ:
@@ -2071,7 +2140,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 p_req[p] = r
                 link_flits[n_links + send_from] += flits
                 th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
-                heap_put(h, th, EV_HOP + 16 * p)
+                ev_push(h, cq, th, EV_HOP + 16 * p)
             elif stream_core >= 0:
                 ok, tmx = _open_stream(h, stream_core, t, float(r_bytes[r]), float(flit_bytes),
                                        stream_mask, -(r + 1), c_head, st, n_banks, cap,
@@ -2097,7 +2166,7 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                     tc = t
                 if tc < ch_evt[ch]:
                     ch_evt[ch] = tc
-                    heap_put(h, tc, EV_DRAM + 16 * ch)
+                    ev_push(h, cq, tc, EV_DRAM + 16 * ch)
             elif done:
                 g = r_g[r]
                 i = r_i[r]
@@ -2107,21 +2176,19 @@ def _chip_loop(h, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
                 d_out[g] -= 1
                 if i_pending[i] == 0 and i_issued_all[i]:
                     t_end[i] = t
-                    _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                    _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if d_wait_slot[g]:
                     d_wait_slot[g] = False
-                    heap_put(h, t, EV_DMA + 16 * g)
+                    ev_push(h, cq, t, EV_DMA + 16 * g)
             continue
     reg[0] = t
     reg[1] = events
-    reg[2] = fast_p
-    reg[3] = fast_t
-    reg[4] = r_free
-    reg[5] = p_free
-    reg[6] = byte_hops
-    reg[7] = t_stale
-    reg[8] = err
-    reg[9] = err_instr
+    reg[2] = r_free
+    reg[3] = p_free
+    reg[4] = byte_hops
+    reg[5] = t_stale
+    reg[6] = err
+    reg[7] = err_instr
     return grow
 
 
