@@ -1022,6 +1022,8 @@ INF = np.int64(2**62)
 # ============================================================================================
 # Event queue: a binary min-heap of (time, seq) keys with an int64 payload.
 # Same-time events pop in the order they were pushed (seq), so runs are deterministic.
+# The chip loop puts events due soon in a calendar ring instead (cal_new, ev_push, ev_pop):
+# O(1) per event, and the same pop order, as a pop takes the smaller key of both.
 # ============================================================================================
 
 
@@ -1042,12 +1044,13 @@ def heap_size(h):
 
 @njit(cache=True)
 def heap_grow(h):
+    """A copy of heap ``h`` with twice the slots."""
     h2 = np.empty(2 + 2 * (h.shape[0] - 2), np.int64)
     h2[:h.shape[0]] = h
     return h2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _heap_sift_up(h, i, time, seq, payload):
     while i > 0:
         parent = (i - 1) >> 1
@@ -1061,31 +1064,34 @@ def _heap_sift_up(h, i, time, seq, payload):
     h[d], h[d + 1], h[d + 2] = time, seq, payload
 
 
-@njit(cache=True)
-def heap_push(h, time, payload):
-    """Push; returns the heap (a new one when it had to grow)."""
-    if 2 + 3 * h[0] == h.shape[0]:
-        h = heap_grow(h)
+@njit(cache=True, _nrt=False, inline="always")
+def heap_put(h, time, payload):
+    """Push into a heap with a free slot (not checked: numba does no bounds checks)."""
     i = h[0]
     h[0] += 1
     seq = h[1]
     h[1] += 1
     _heap_sift_up(h, i, time, seq, payload)
-    return h
 
 
-@njit(cache=True)
-def heap_push_seq(h, time, seq, payload):
-    """Push with a sequence number taken earlier (``h[1]`` is not advanced)."""
-    if 2 + 3 * h[0] == h.shape[0]:
-        h = heap_grow(h)
+@njit(cache=True, _nrt=False, inline="always")
+def heap_put_seq(h, time, seq, payload):
+    """heap_put with a sequence number taken earlier (``h[1]`` is not advanced)."""
     i = h[0]
     h[0] += 1
     _heap_sift_up(h, i, time, seq, payload)
+
+
+@njit(cache=True)
+def heap_push(h, time, payload):
+    """Push; returns the heap (a new one when it had to grow)."""
+    if 2 + 3 * h[0] == h.shape[0]:
+        h = heap_grow(h)
+    heap_put(h, time, payload)
     return h
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def heap_pop(h):
     """Remove the earliest event; returns (time, payload). The heap must not be empty."""
     top_t, top_p = h[2], h[4]
@@ -1115,13 +1121,97 @@ def heap_pop(h):
     return top_t, top_p
 
 
+@njit(cache=True)
+def cal_new(log2_width, slots):
+    """An empty calendar: a ring of ``2**log2_width`` (>= 64) one-cycle buckets holding up to
+    ``slots`` events due within that many cycles of the current time, each bucket a FIFO in
+    push order. One int64 array: [count, first free slot, current time (cycles), width, then
+    4 unused; per bucket its first slot (-1: empty); per bucket its last slot; the bitmap of
+    non-empty buckets (width / 64 words); then (seq, payload, next slot) per slot]."""
+    w = 1 << log2_width
+    o_slot = 8 + 2 * w + w // 64
+    c = np.zeros(o_slot + 3 * slots, np.int64)
+    c[3] = w
+    c[8:8 + w] = -1
+    for k in range(slots):
+        c[o_slot + 3 * k + 2] = k + 1
+    c[o_slot + 3 * (slots - 1) + 2] = -1
+    return c
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ev_push(h, c, time, payload):
+    """Queue an event at ``time`` (cycles, not before the current time) with the next
+    sequence number: in calendar ``c`` when it is due within its width and a slot is free,
+    else in heap ``h`` (which must have a free slot)."""
+    seq = h[1]
+    h[1] += 1
+    w = c[3]
+    k = c[1]
+    if 0 <= time - c[2] < w and k >= 0:
+        o_slot = 8 + 2 * w + (w >> 6)
+        e = o_slot + 3 * k
+        c[1] = c[e + 2]
+        c[e] = seq
+        c[e + 1] = payload
+        c[e + 2] = -1
+        b = time & (w - 1)
+        if c[8 + b] < 0:
+            c[8 + b] = k
+            c[8 + 2 * w + (b >> 6)] |= np.int64(1) << (b & 63)
+        else:
+            c[o_slot + 3 * c[8 + w + b] + 2] = k
+        c[8 + w + b] = k
+        c[0] += 1
+    else:
+        heap_put_seq(h, time, seq, payload)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ev_pop(h, c):
+    """Remove the earliest (time, seq) event of calendar ``c`` and heap ``h`` (not both empty);
+    returns (time, payload) and makes that time the calendar's current time."""
+    w = c[3]
+    cur = c[2]
+    rt = INF
+    b = 0
+    if c[0] > 0:
+        # the first non-empty bucket at or after the current time's, around the ring
+        o_bm = 8 + 2 * w
+        b0 = cur & (w - 1)
+        wi = b0 >> 6
+        word = c[o_bm + wi] & (np.int64(-1) << (b0 & 63))
+        while word == 0:
+            wi = (wi + 1) & ((w >> 6) - 1)
+            word = c[o_bm + wi]
+        b = (wi << 6) + trailing_zeros(word)
+        rt = cur + ((b - b0) & (w - 1))
+    o_slot = 8 + 2 * w + (w >> 6)
+    if h[0] > 0 and (h[2] < rt or (h[2] == rt and h[3] < c[o_slot + 3 * c[8 + b]])):
+        t, payload = heap_pop(h)
+    else:
+        k = c[8 + b]
+        e = o_slot + 3 * k
+        nxt = c[e + 2]
+        c[8 + b] = nxt
+        if nxt < 0:
+            c[8 + 2 * w + (b >> 6)] &= ~(np.int64(1) << (b & 63))
+        payload = c[e + 1]
+        c[e + 2] = c[1]
+        c[1] = k
+        c[0] -= 1
+        t = rt
+    c[2] = t
+    return t, payload
+
+
 # ============================================================================================
 # NoC: packets move head-first router to router; every link is a FCFS server (noc.py).
 # A packet's head reaching router `node` at time t is one event; the caller routes it.
 # ============================================================================================
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     """Put a packet of ``flits`` on ``node``'s injection link at ``now``; returns the time its
     head reaches the node's router."""
@@ -1131,7 +1221,7 @@ def noc_inject(link_free, n_links, node, now, flits, inject_cycles):
     return depart + inject_cycles
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes, node, dst, now, flits,
             router_cycles, link_cycles):
     """The head of a packet for ``dst`` is at router ``node`` at ``now``.
@@ -1194,7 +1284,7 @@ def noc_run_traffic(src, dst, flits, t_create, next_link, link_dst, n_links, n_n
 # ============================================================================================
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _popcount(x):
     n = 0
     while x:
@@ -1203,7 +1293,7 @@ def _popcount(x):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scratch):
     """Progressive filling over the streams of one core's active list starting at ``head``.
 
@@ -1272,7 +1362,7 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
             s = st_next[s]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sram_stream_start(core, nbytes, nominal, mask, owner, now, c_head, st, n_banks, cap,
                       scratch):
     """Start a stream on ``core``; returns its id. ``st`` is the stream pool tuple."""
@@ -1289,7 +1379,7 @@ def sram_stream_start(core, nbytes, nominal, mask, owner, now, c_head, st, n_ban
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sram_settle(core, now, c_head, st):
     """Bring every stream of ``core`` up to ``now`` at its current rate."""
     (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
@@ -1303,7 +1393,7 @@ def sram_settle(core, now, c_head, st):
         s = st_next[s]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sram_remove(core, s, c_head, st):
     """Take stream ``s`` off its core's active list and return it to the pool."""
     (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
@@ -1321,7 +1411,7 @@ def sram_remove(core, s, c_head, st):
     free[0] = s
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel):
     """Queue one EV_STREAM event for ``core``: its live stream with the earliest (finish, seq)
     key, under the key that stream's own event would have had (one event per core, not per
@@ -1337,15 +1427,14 @@ def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
         x = st_next[x]
     c_sel[core] = best
     if best >= 0:
-        h = heap_push_seq(h, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
-    return h
+        heap_put_seq(h, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live, c_ver,
                    c_sel):
     """After a re-balance of ``core``: every stream's finish time and the sequence number its
-    event takes; returns (heap, latest finish time)."""
+    event takes; returns the latest finish time."""
     tmx = np.int64(-1)
     x = c_head[core]
     while x >= 0:
@@ -1357,34 +1446,34 @@ def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
         if fin > tmx:
             tmx = fin
         x = st_next[x]
-    h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
-    return h, tmx
+    _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+    return tmx
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live, c_ver,
                c_sel):
     """Re-share ``core``'s banks among its streams and queue the core's next stream event;
-    returns (heap, latest finish time)."""
+    returns the latest finish time."""
     (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap, scratch)
     return _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live,
                           c_ver, c_sel)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _open_stream(h, core, t, nbytes, nominal, mask, owner, c_head, st, n_banks, cap, scratch,
                  st_fin, st_seq, st_live, c_ver, c_sel):
     """Bring ``core``'s streams up to ``t``, start one more (``nbytes`` at up to ``nominal``
     bytes/cycle over the banks of ``mask``, for ``owner``) and re-balance. Returns
-    (heap, ok, latest finish time); ok is False when the stream pool is exhausted."""
+    (ok, latest finish time); ok is False when the stream pool is exhausted."""
     sram_settle(core, t, c_head, st)
     if sram_stream_start(core, nbytes, nominal, mask, owner, t, c_head, st, n_banks, cap,
                          scratch) < 0:
-        return h, False, np.int64(-1)
-    h, tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live,
-                        c_ver, c_sel)
-    return h, True, tmx
+        return False, np.int64(-1)
+    tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live,
+                     c_ver, c_sel)
+    return True, tmx
 
 
 # ============================================================================================
@@ -1427,8 +1516,8 @@ ERR_POOL = 4
 ERR_COPY_CORE = 5
 
 
-@njit(cache=True)
-def _signal(h, sems, t, sem_cnt, sem_head, w_next, state):
+@njit(cache=True, _nrt=False)
+def _signal(h, cq, sems, t, sem_cnt, sem_head, w_next, state):
     """An instruction completes at ``t``: count its signals (``sems``, -1 = none) and wake every
     engine queued on those semaphores (EV_TRY at ``t``)."""
     for k in range(sems.shape[0]):
@@ -1441,12 +1530,11 @@ def _signal(h, sems, t, sem_cnt, sem_head, w_next, state):
                 nw = w_next[w]
                 w_next[w] = -1
                 state[w] = ENG_IDLE
-                h = heap_push(h, t, EV_TRY + 16 * w)
+                ev_push(h, cq, t, EV_TRY + 16 * w)
                 w = nw
-    return h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ceil_div(a, b):
     return -((-a) // b)
 
@@ -1465,27 +1553,17 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     request pool size, DRAM chunk bytes (a request never crosses one).
 
     Returns (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes,
-    t_final, err, err_instr)."""
+    t_final, err, err_instr, sem_cnt, ev_count, byte_hops).
+
+    This function allocates the state; ``_chip_loop`` runs the events without reference
+    counting, returning here only when the event heap must grow."""
     n_instr = instrs.shape[0]
     n_eng = q_start.shape[0]
     n_cores = core_node.shape[0]
     n_sems = prm[0]
-    max_out = prm[1]
-    req_bytes = prm[2]
-    flit_bytes = prm[3]
-    db = prm[4] != 0
     n_banks = prm[5]
-    sram_size = prm[6]
-    dram_cap = prm[7]
-    router_cycles = prm[8]
-    link_cycles = prm[9]
-    inject_cycles = prm[10]
-    core_fs = prm[11]
-    dram_fs = prm[12]
     n_ch = prm[13]
-    has_dram = n_ch > 0
-    dataflow = prm[16]             # 0 ws, 1 os, 2 is
-    n_rows = prm[17]
+    pool = prm[18]
 
     t_issue = np.full(n_instr, -1, np.int64)
     t_start = np.full(n_instr, -1, np.int64)
@@ -1510,8 +1588,6 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     d_wait_slot = np.zeros(n_eng, np.bool_)
 
     # requests
-    pool = prm[18]
-    chunk = prm[19]
     r_g = np.zeros(pool, np.int64)
     r_i = np.zeros(pool, np.int64)
     r_kind = np.zeros(pool, np.int64)
@@ -1524,19 +1600,16 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     r_dst_mask = np.zeros(pool, np.uint64)
     r_next = np.arange(1, pool + 1, dtype=np.int64)
     r_next[pool - 1] = -1
-    r_free = 0
 
     # packets
     ppool = 2 * pool + 16
     p_dst = np.zeros(ppool, np.int64)
     p_flits = np.zeros(ppool, np.int64)
     p_bytes = np.zeros(ppool, np.int64)        # bytes the packet carries (energy)
-    byte_hops = np.int64(0)                    # sum over router-to-router links of p_bytes
     p_node = np.zeros(ppool, np.int64)
     p_req = np.zeros(ppool, np.int64)
     p_next = np.arange(1, ppool + 1, dtype=np.int64)
     p_next[ppool - 1] = -1
-    p_free = 0
     link_free = np.zeros(n_links + 2 * n_nodes, np.int64)
     link_flits = np.zeros(n_links + 2 * n_nodes, np.int64)
 
@@ -1548,7 +1621,6 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     st = (st_core, st_next, np.zeros(spool), np.zeros(spool), np.zeros(spool),
           np.zeros(spool, np.int64), np.zeros(spool, np.uint64), np.zeros(spool, np.int64),
           np.zeros(spool, np.int64), np.zeros(1, np.int64))
-    st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, st_free = st[2:]
     c_head = np.full(n_cores, -1, np.int64)
     scratch = np.zeros(2 * max(n_banks, 1) + 8)
     sram_rd = np.zeros(n_cores, np.int64)
@@ -1560,7 +1632,6 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     c_ver = np.zeros(n_cores, np.int64)
     c_sel = np.full(n_cores, -1, np.int64)
     ev_count = np.zeros(16, np.int64)   # events popped per kind (diagnostics)
-    t_stale = np.int64(0)     # latest finish time computed: the old per-stream events' end
 
     # memory channels
     ch_next = np.full(max(n_ch, 1), INF, np.int64)    # DRAM cycle of next service
@@ -1571,26 +1642,94 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     req_count = np.zeros(3, np.int64)
     dram_bytes = np.zeros(2, np.int64)                # read, write
 
-    h = heap_new(4096)
+    inp = (instrs, i_eng, q_start, q_end, eng_kind, eng_core, dur_a, dur_b, s_read, s_write,
+           s_mask, elem_bits, prm, core_node, next_link, link_dst, ch_node)
+    ins = (t_issue, t_start, t_end, i_pending, i_issued_all)
+    eng = (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
+           m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot)
+    rq = (r_g, r_i, r_kind, r_stage, r_dram, r_bytes, r_src_core, r_dst_core, r_sram_mask,
+          r_dst_mask, r_next)
+    pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits)
+    sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
+    mc = (ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes)
+    reg = np.zeros(8, np.int64)       # the loop's registers (_chip_loop)
+    # the most one event can push: a wake-up and a stream per engine, a channel's queue
+    margin = 2 * n_eng + dram_T.rq_cap + dram_T.wq_cap + 64
+    h = heap_new(4096 + margin)
+    cq = cal_new(11, 2 * pool + 4 * n_eng + 1024)   # 2,048 cycles ahead
     for g in range(n_eng):
-        h = heap_push(h, 0, EV_TRY + 16 * g)
+        ev_push(h, cq, 0, EV_TRY + 16 * g)
+    while _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links,
+                     n_nodes, cap, dram_T, dram_S, max_events):
+        h = heap_grow(h)
+    t, err, err_instr, byte_hops, t_stale = reg[0], reg[6], reg[7], reg[4], reg[5]
+    if err == ERR_NONE and t_stale > t:
+        # every per-stream finish event used to be queued and popped, stale or not
+        t = t_stale
+    return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
+            err, err_instr, sem_cnt, ev_count, byte_hops)
 
-    err = ERR_NONE
-    err_instr = -1
-    t = 0
-    events = 0
-    fast_p = np.int64(-1)     # an event that would be the next popped, kept off the heap
-    fast_t = np.int64(0)
-    while h[0] > 0 or fast_p >= 0:
+
+@njit(cache=True, _nrt=False)
+def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_links, n_nodes,
+               cap, dram_T, dram_S, max_events):
+    """The event loop of ``chip_run`` over the state it allocated (tuples of arrays, in the
+    order built there; events in calendar ``cq`` and heap ``h``). Runs until no event is left
+    or an error, then returns False; returns True, with every register saved, when the heap
+    has fewer than ``margin`` free slots (the most one event can push, should the calendar be
+    full): the caller grows it and calls again.
+
+    ``reg`` (int64) carries the registers between calls: 0 time (core cycles), 1 events
+    handled, 2 first free request, 3 first free packet, 4 byte-hops, 5 latest stream finish
+    computed, 6 error code, 7 the instruction it names."""
+    (instrs, i_eng, q_start, q_end, eng_kind, eng_core, dur_a, dur_b, s_read, s_write,
+     s_mask, elem_bits, prm, core_node, next_link, link_dst, ch_node) = inp
+    t_issue, t_start, t_end, i_pending, i_issued_all = ins
+    (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
+     m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot) = eng
+    (r_g, r_i, r_kind, r_stage, r_dram, r_bytes, r_src_core, r_dst_core, r_sram_mask,
+     r_dst_mask, r_next) = rq
+    p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits = pk
+    st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel = sr
+    st_next, st_rem, st_owner = st[1], st[2], st[8]
+    ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes = mc
+    n_cores = core_node.shape[0]
+    max_out = prm[1]
+    req_bytes = prm[2]
+    flit_bytes = prm[3]
+    db = prm[4] != 0
+    n_banks = prm[5]
+    sram_size = prm[6]
+    dram_cap = prm[7]
+    router_cycles = prm[8]
+    link_cycles = prm[9]
+    inject_cycles = prm[10]
+    core_fs = prm[11]
+    dram_fs = prm[12]
+    has_dram = prm[13] > 0
+    dataflow = prm[16]             # 0 ws, 1 os, 2 is
+    n_rows = prm[17]
+    pool = prm[18]
+    chunk = prm[19]
+
+    t = reg[0]
+    events = reg[1]
+    r_free = reg[2]
+    p_free = reg[3]
+    byte_hops = reg[4]        # sum over router-to-router links of p_bytes
+    t_stale = reg[5]          # latest finish time computed: the old per-stream events' end
+    err = reg[6]
+    err_instr = reg[7]
+    grow = False
+    while h[0] > 0 or cq[0] > 0:
+        if 3 * (h[0] + margin) + 2 > h.shape[0]:
+            grow = True
+            break
         events += 1
         if events > max_events:
             err = ERR_EVENTS
             break
-        if fast_p >= 0:
-            t, payload = fast_t, fast_p
-            fast_p = -1
-        else:
-            t, payload = heap_pop(h)
+        t, payload = ev_pop(h, cq)
         kind = payload & 15
         obj = payload >> 4
         ev_count[kind] += 1
@@ -1606,14 +1745,14 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             sram_settle(core, t, c_head, st)
             if st_rem[s] > 1e-6:
                 # not done at its computed finish: it waits for the next re-balance
-                h = _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+                _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
                 continue
             owner = st_owner[s]
             sram_remove(core, s, c_head, st)
             # re-balance the remaining streams of this core
             if c_head[core] >= 0:
-                h, tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
-                                    st_live, c_ver, c_sel)
+                tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                                 st_live, c_ver, c_sel)
                 if tmx > t_stale:
                     t_stale = tmx
             if owner >= 0:
@@ -1627,20 +1766,20 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     else:                         # MM: streaming over, drain remains
                         m_stream_busy[g] = False
                         m_accept_end[g] = t
-                        h = heap_push(h, t + dur_b[i], EV_DONE + 16 * i)
+                        ev_push(h, cq, t + dur_b[i], EV_DONE + 16 * i)
                         if state[g] == ENG_WAIT_RES:
                             state[g] = ENG_IDLE
-                            h = heap_push(h, t, EV_TRY + 16 * g)
+                            ev_push(h, cq, t, EV_TRY + 16 * g)
                         continue
                 else:
-                    h = heap_push(h, t + dur_b[i], EV_DONE + 16 * i)
+                    ev_push(h, cq, t + dur_b[i], EV_DONE + 16 * i)
                     continue
                 # LDW finished
                 t_end[i] = t
-                h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if state[g] == ENG_WAIT_RES:
                     state[g] = ENG_IDLE
-                    h = heap_push(h, t, EV_TRY + 16 * g)
+                    ev_push(h, cq, t, EV_TRY + 16 * g)
                 continue
             # a request stream: owner = -(request + 1)
             r = -owner - 1
@@ -1678,7 +1817,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 if op == 0 or op == 1:            # NOP / HALT: done at once
                     t_start[i] = t
                     t_end[i] = t
-                    h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                    _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                     if op == 1:
                         for j in range(i + 1, q_end[g]):
                             t_issue[j] = t
@@ -1705,7 +1844,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                             # os, overlapped: end at least R cycles after the previous end
                             earliest = m_accept_end[g] + n_rows - dur_a[i]
                             if earliest > t:
-                                h = heap_push(h, earliest, EV_TRY + 16 * g)
+                                ev_push(h, cq, earliest, EV_TRY + 16 * g)
                                 break
                         m_stream_busy[g] = True
                         m_mm_inflight[g] += 1
@@ -1714,9 +1853,9 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     nb = s_read[i] + s_write[i]
                     sram_rd[core] += s_read[i]
                     sram_wr[core] += s_write[i]
-                    h, ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
-                                              i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
-                                              st_live, c_ver, c_sel)
+                    ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
+                                           i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                                           st_live, c_ver, c_sel)
                     if not ok:
                         err = ERR_POOL
                         err_instr = i
@@ -1736,7 +1875,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     d_idx[g, k] = 0
                 d_off[g] = 0
                 state[g] = ENG_BUSY
-                h = heap_push(h, t, EV_DMA + 16 * g)
+                ev_push(h, cq, t, EV_DMA + 16 * g)
                 break
             if err != ERR_NONE:
                 break
@@ -1746,15 +1885,15 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
             i = obj
             g = i_eng[i]
             t_end[i] = t
-            h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+            _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
             if eng_kind[g] == 0:
                 m_mm_inflight[g] -= 1
                 if state[g] == ENG_WAIT_RES:
                     state[g] = ENG_IDLE
-                    h = heap_push(h, t, EV_TRY + 16 * g)
+                    ev_push(h, cq, t, EV_TRY + 16 * g)
             else:
                 state[g] = ENG_IDLE
-                h = heap_push(h, t, EV_TRY + 16 * g)
+                ev_push(h, cq, t, EV_TRY + 16 * g)
             continue
 
         if kind == EV_DMA:
@@ -1863,9 +2002,9 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 d_instr[g] = -1
                 pc[g] = i + 1
                 state[g] = ENG_IDLE
-                h = heap_push(h, t + 1, EV_TRY + 16 * g)
+                ev_push(h, cq, t + 1, EV_TRY + 16 * g)
             else:
-                h = heap_push(h, t + 1, EV_DMA + 16 * g)
+                ev_push(h, cq, t + 1, EV_DMA + 16 * g)
             # start the request now: it becomes an EV_REQ at stage 0
             kind = EV_REQ
             obj = r
@@ -1880,13 +2019,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 p_node[p] = nn
                 byte_hops += p_bytes[p]
                 pl = EV_HOP + 16 * p
-            if h[0] == 0 or tt < h[2]:
-                # it would be popped next (a fresh seq loses only ties): skip the heap
-                h[1] += 1
-                fast_t = tt
-                fast_p = pl
-            else:
-                h = heap_push(h, tt, pl)
+            ev_push(h, cq, tt, pl)
             continue
 
         if kind == EV_ARRIVE:
@@ -1911,7 +2044,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 if r < 0:
                     break
                 tc = _ceil_div(dram_completion(dram_S, r) * dram_fs, core_fs)
-                h = heap_push(h, max(tc, t), EV_REQ + 16 * r)
+                ev_push(h, cq, max(tc, t), EV_REQ + 16 * r)
             while ovf_n[ch] > 0:
                 r = ovf[ch, ovf_h[ch]]
                 if not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
@@ -1925,12 +2058,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 if tc <= t:
                     tc = t + 1
                 ch_evt[ch] = tc
-                if h[0] == 0 or tc < h[2]:
-                    h[1] += 1
-                    fast_t = tc
-                    fast_p = EV_DRAM + 16 * ch
-                else:
-                    h = heap_push(h, tc, EV_DRAM + 16 * ch)
+                ev_push(h, cq, tc, EV_DRAM + 16 * ch)
             continue
 
         if kind == EV_REQ:
@@ -2012,11 +2140,11 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 p_req[p] = r
                 link_flits[n_links + send_from] += flits
                 th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
-                h = heap_push(h, th, EV_HOP + 16 * p)
+                ev_push(h, cq, th, EV_HOP + 16 * p)
             elif stream_core >= 0:
-                h, ok, tmx = _open_stream(h, stream_core, t, float(r_bytes[r]), float(flit_bytes),
-                                          stream_mask, -(r + 1), c_head, st, n_banks, cap,
-                                          scratch, st_fin, st_seq, st_live, c_ver, c_sel)
+                ok, tmx = _open_stream(h, stream_core, t, float(r_bytes[r]), float(flit_bytes),
+                                       stream_mask, -(r + 1), c_head, st, n_banks, cap,
+                                       scratch, st_fin, st_seq, st_live, c_ver, c_sel)
                 if not ok:
                     err = ERR_POOL
                     err_instr = r_i[r]
@@ -2038,7 +2166,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                     tc = t
                 if tc < ch_evt[ch]:
                     ch_evt[ch] = tc
-                    h = heap_push(h, tc, EV_DRAM + 16 * ch)
+                    ev_push(h, cq, tc, EV_DRAM + 16 * ch)
             elif done:
                 g = r_g[r]
                 i = r_i[r]
@@ -2048,20 +2176,24 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
                 d_out[g] -= 1
                 if i_pending[i] == 0 and i_issued_all[i]:
                     t_end[i] = t
-                    h = _signal(h, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
+                    _signal(h, cq, instrs[i].signal_sem, t, sem_cnt, sem_head, w_next, state)
                 if d_wait_slot[g]:
                     d_wait_slot[g] = False
-                    h = heap_push(h, t, EV_DMA + 16 * g)
+                    ev_push(h, cq, t, EV_DMA + 16 * g)
             continue
+    reg[0] = t
+    reg[1] = events
+    reg[2] = r_free
+    reg[3] = p_free
+    reg[4] = byte_hops
+    reg[5] = t_stale
+    reg[6] = err
+    reg[7] = err_instr
+    return grow
 
-    if err == ERR_NONE and t_stale > t:
-        # every per-stream finish event used to be queued and popped, stale or not
-        t = t_stale
-    return (t_issue, t_start, t_end, link_flits, sram_rd, sram_wr, req_count, dram_bytes, t,
-            err, err_instr, sem_cnt, ev_count, byte_hops)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _range_mask(addr, nbytes, width, n_banks):
     """Bank mask of the byte range [addr, addr + nbytes) (64-bit, banks grouped above 64)."""
     m = np.uint64(0)
