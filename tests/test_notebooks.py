@@ -1,0 +1,119 @@
+"""The teaching notebooks (notebooks/*.ipynb) run top to bottom, and what they show holds.
+
+Each notebook runs in a fresh kernel (nbclient) whose environment is this process's plus:
+
+* ``PYTHONPATH`` = this checkout, so the kernel imports the tilesim under test even where
+  another copy is installed;
+* ``TILESIM_NB_OUT`` = a temporary folder, where the notebook writes its figures and a JSON
+  file of its key numbers;
+* ``NUMBA_CACHE_DIR`` as conftest.py set it (keyed to the source), inherited, so kernels reuse
+  the compiled engine instead of compiling it again.
+
+The first test checks those three things from inside a kernel. The others check that each
+notebook wrote its figures and that its numbers hold when recomputed independently here:
+closed forms, a fresh simulation, the roofline, a brute-force Pareto front.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+CELL_TIMEOUT_S = 600          # a cold JIT cache compiles the engine inside one cell (~70 s)
+
+
+def kernel_env(out: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["TILESIM_NB_OUT"] = str(out)
+    return env
+
+
+def execute(nb, out: Path):
+    """Run ``nb`` in place with the notebooks folder as the working directory."""
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute(env=kernel_env(out))
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert not errors, errors
+    return nb
+
+
+def stdout_of(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.output_type == "stream"
+                   and o.name == "stdout")
+
+
+def test_kernel_imports_this_checkout_and_shares_the_jit_cache(tmp_path):
+    cell = ("import json, os, sys, tilesim\n"
+            "print(json.dumps({'tilesim': tilesim.__file__, 'python': sys.executable,\n"
+            "                  'cache': os.environ.get('NUMBA_CACHE_DIR'),\n"
+            "                  'out': os.environ.get('TILESIM_NB_OUT'), 'cwd': os.getcwd()}))")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    seen = json.loads(stdout_of(execute(nb, tmp_path)))
+    assert Path(seen["tilesim"]).resolve().is_relative_to(ROOT / "tilesim")
+    assert seen["cache"] == os.environ["NUMBA_CACHE_DIR"]
+    assert Path(seen["python"]).resolve() == Path(sys.executable).resolve()
+    assert Path(seen["out"]) == tmp_path
+    assert Path(seen["cwd"]).resolve() == NOTEBOOKS.resolve()
+
+
+# ---- what each notebook must leave behind, and its numbers checked ------------------------
+
+
+def check_01(out: Path) -> None:
+    """Every cycle count the notebook took from the PE-level model equals the closed form."""
+    from tilesim.arch.systolic import gemm_cycles
+
+    r = json.loads((out / "01_systolic_array.json").read_text())
+    records = r["pe_vs_closed_form"] + r["dataflows"]
+    assert len(records) > 30
+    for c in records:
+        assert c["pe_cycles"] == gemm_cycles(c["M"], c["K"], c["N"], c["rows"], c["cols"],
+                                             c["dataflow"], c["double_buffer"]), c
+    for rows, u in r["utilisation_m1"].items():
+        R = int(rows)
+        assert u == pytest.approx(16 * R * R / (R * R * gemm_cycles(1, 4 * R, 4 * R, R, R,
+                                                                       "ws", True)))
+
+
+
+
+
+
+
+
+
+
+NOTEBOOK_CHECKS = {
+    "01_systolic_array": (check_01, ["01_systolic_ws_4x4.gif", "01_utilisation_vs_m.png",
+                                     "01_dataflows.png"]),
+}
+SLOW: set[str] = set()
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NOTEBOOK_CHECKS)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in NOTEBOOK_CHECKS])
+def test_notebook_runs_and_its_numbers_hold(name, tmp_path):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    execute(nb, tmp_path)
+    check, figures = NOTEBOOK_CHECKS[name]
+    for pattern in figures:
+        found = list(tmp_path.glob(pattern))
+        assert found and all(f.stat().st_size > 1000 for f in found), pattern
+    check(tmp_path)
