@@ -109,6 +109,32 @@ def check_02(out: Path) -> None:
         assert d["single"] == d["single_predicted"]
 
 
+def check_03(out: Path) -> None:
+    """The chip's balance and knee from its config; no simulated batch beats the roofline;
+    the step's parts add up."""
+    from tilesim import config
+    from tilesim.arch import dram
+    from tilesim.dtypes import DTYPES
+    from tilesim.programs.models import ModelSpec
+
+    r = json.loads((out / "03_roofline_and_decode.json").read_text())
+    cfg = config.load(r["chip"])
+    bytes_per_cycle = dram.peak_gbps(cfg.memory) / cfg.clock_ghz
+    assert r["ops_byte"] == pytest.approx(cfg.peak_macs_per_cycle / bytes_per_cycle)
+    s = DTYPES[cfg.cores.systolic.weight_dtype].bits / 8
+    assert r["knee_batch"] == pytest.approx(s * r["ops_byte"])
+    spec = ModelSpec(**r["spec"])
+    per_layer = sum(w.count * w.k * w.n for w in
+                    spec.attention_weights() + spec.ffn_weights(spec.ffn_dim))
+    elements = spec.n_layers * per_layer + spec.vocab_size * spec.d_model
+    weight_bytes = elements * DTYPES[spec.weight_dtype].bits / 8
+    assert len(r["rows"]) >= 5
+    for row in r["rows"]:
+        b = row["batch"]
+        bound = max(weight_bytes / bytes_per_cycle, b * elements / cfg.peak_macs_per_cycle)
+        assert row["weights"] >= bound, row
+        assert row["weights"] + row["attention"] + row["other"] == row["cycles"]
+        assert row["tokens_per_s"] == pytest.approx(b * cfg.clock_ghz * 1e9 / row["cycles"])
 
 
 
@@ -120,8 +146,9 @@ NOTEBOOK_CHECKS = {
                                      "01_dataflows.png"]),
     "02_double_buffering": (check_02, ["02_timeline_single.png", "02_timeline_double.png",
                                        "02_single_vs_double.png"]),
+    "03_roofline_and_decode": (check_03, ["03_roofline.png", "03_decode_vs_batch.png"]),
 }
-SLOW: set[str] = set()
+SLOW = {"03_roofline_and_decode"}
 
 
 def test_every_notebook_is_tested():
