@@ -137,6 +137,29 @@ def check_03(out: Path) -> None:
         assert row["tokens_per_s"] == pytest.approx(b * cfg.clock_ghz * 1e9 / row["cycles"])
 
 
+def check_04(out: Path) -> None:
+    """The bandwidth ratio from the configs; the speed-ups from compare.json; the what-if run
+    at the presets' own request size reproduces the compare run exactly."""
+    from tilesim import config
+    from tilesim.arch import dram
+
+    r = json.loads((out / "04_gddr6_vs_hbm.json").read_text())
+    g, h = (config.load(c) for c in r["chips"])
+    assert r["bandwidth_ratio"] == pytest.approx(dram.peak_gbps(h.memory)
+                                                 / dram.peak_gbps(g.memory))
+    runs = json.loads((out / "04_compare" / "compare.json").read_text())
+    assert sorted((x["config"], x["phase"]) for x in runs) == sorted(
+        (c, p) for c in r["chips"] for p in ("prefill", "decode"))
+    by = {(x["config"], x["phase"]): x for x in runs}
+    for x in runs:
+        assert x["error"] is None
+        assert 0 < x["dram_gbps"] <= x["peak_dram_gbps"]
+    for phase, key in (("prefill", "ttft_s"), ("decode", "tpot_s")):
+        assert r["speedup"][phase] == pytest.approx(
+            by[g.name, phase][key] / by[h.name, phase][key])
+    preset_request = g.cores.dma.request_bytes
+    for c in r["chips"]:
+        assert r["whatif"][f"{c}|{preset_request}"] == by[c, "decode"]["tpot_s"]
 
 
 
@@ -147,8 +170,9 @@ NOTEBOOK_CHECKS = {
     "02_double_buffering": (check_02, ["02_timeline_single.png", "02_timeline_double.png",
                                        "02_single_vs_double.png"]),
     "03_roofline_and_decode": (check_03, ["03_roofline.png", "03_decode_vs_batch.png"]),
+    "04_gddr6_vs_hbm": (check_04, ["04_hbm3_speedup.png", "04_compare/tpot_s.png"]),
 }
-SLOW = {"03_roofline_and_decode"}
+SLOW = {"03_roofline_and_decode", "04_gddr6_vs_hbm"}
 
 
 def test_every_notebook_is_tested():
