@@ -162,6 +162,26 @@ def check_04(out: Path) -> None:
         assert r["whatif"][f"{c}|{preset_request}"] == by[c, "decode"]["tpot_s"]
 
 
+def check_05(out: Path) -> None:
+    """Every point ran; each front the report gives is exactly the set of points that no
+    other point dominates (more tokens/s and less cost, one strictly)."""
+    from tilesim import sweep
+
+    r = json.loads((out / "05_design_space.json").read_text())
+    rep = sweep.report(out / "05_design_space.db")
+    assert rep["counts"]["ok"] == r["points"] >= 4
+    assert rep["fronts"] == r["fronts"]
+    for wl, fronts in rep["fronts"].items():
+        rows = [x for x in rep["rows"] if x["workload"] == wl]
+        for name, (col, _) in sweep.OBJECTIVES.items():
+            def dominated(p):
+                return any(q["tokens_per_s"] >= p["tokens_per_s"] and q[col] <= p[col]
+                           and (q["tokens_per_s"] > p["tokens_per_s"] or q[col] < p[col])
+                           for q in rows)
+            assert set(fronts[name]) == {p["key"] for p in rows if not dominated(p)}
+            assert fronts[name], name
+    for ratios in r["effect"].values():
+        assert ratios and all(math.isfinite(x) and x > 0 for x in ratios)
 
 
 NOTEBOOK_CHECKS = {
@@ -171,8 +191,9 @@ NOTEBOOK_CHECKS = {
                                        "02_single_vs_double.png"]),
     "03_roofline_and_decode": (check_03, ["03_roofline.png", "03_decode_vs_batch.png"]),
     "04_gddr6_vs_hbm": (check_04, ["04_hbm3_speedup.png", "04_compare/tpot_s.png"]),
+    "05_design_space": (check_05, ["05_pareto/*.png"]),
 }
-SLOW = {"03_roofline_and_decode", "04_gddr6_vs_hbm"}
+SLOW = {"03_roofline_and_decode", "04_gddr6_vs_hbm", "05_design_space"}
 
 
 def test_every_notebook_is_tested():
