@@ -114,7 +114,7 @@ def simulate(chip, model, phase, batch, context, *, all_layers=False, ignore_cap
          "dram_gbps": gbps, "peak_dram_gbps": peak_gbps,
          "dram_pct_of_peak": 100 * gbps / peak_gbps if peak_gbps else 0.0,
          "energy_pj_per_token": total / tokens,
-         "energy_pj_by_component": {k: v / tokens for k, v in pj.items()},
+         "energy_pj_by_component": dict(pj),     # the whole step, as tilesim.simulate gives
          "config": chip.name, "model": model.name, "phase": phase, "batch": batch,
          "context": context}
     s["ttft_s" if phase == "prefill" else "tpot_s"] = seconds

@@ -136,3 +136,13 @@ def test_bad_evaluator_and_missing_model_are_one_line(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "the following arguments are required: --model" in err
+
+
+def test_energy_split_is_scaled_to_one_token():
+    """simulate's energy_pj_by_component is the whole step's; the table's rows under 'energy
+    per token' are per token: a prefill of 4 tokens with 60 + 40 pJ shows 15 and 10 pJ."""
+    from tilesim.cli.compare import component_per_token
+    r = {"energy_pj_per_token": 25.0, "energy_pj_by_component": {"mac": 60.0, "dram": 40.0}}
+    assert component_per_token(r, "mac") == 15.0
+    assert component_per_token(r, "dram") == 10.0
+    assert component_per_token(r, "noc") is None

@@ -175,6 +175,18 @@ def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def component_per_token(r: dict, k: str):
+    """pJ per token of energy component ``k``: ``energy_pj_by_component`` is the whole step's
+    split (every token of a prefill, every sequence of a decode batch), scaled here to the
+    step's ``energy_pj_per_token``."""
+    comps = r.get("energy_pj_by_component") or {}
+    v, per_token = _num(comps.get(k)), _num(r.get("energy_pj_per_token"))
+    total = sum(_num(x) or 0.0 for x in comps.values())
+    if v is None or per_token is None or not total:
+        return None
+    return v * per_token / total
+
+
 def _rows_for(results: list[dict], phase: str) -> list[tuple[str, callable, callable]]:
     """(label, value(result) -> number or None, text(result) -> str) of one workload block."""
     first = ("TTFT", "ttft_s") if phase == "prefill" else ("time per output token", "tpot_s")
@@ -197,7 +209,7 @@ def _rows_for(results: list[dict], phase: str) -> list[tuple[str, callable, call
     comps.sort(key=lambda k: (COMPONENTS.index(k) if k in COMPONENTS else len(COMPONENTS), k))
     for k in comps:
         def value(r, k=k):
-            return _num((r.get("energy_pj_by_component") or {}).get(k))
+            return component_per_token(r, k)
 
         def text(r, k=k, value=value):
             v, tot = value(r), _num(r.get("energy_pj_per_token"))
@@ -343,7 +355,7 @@ def _write_out(out: Path, results, names, chips) -> list[str]:
                 for n in names:
                     r = next((r for r in results if (r["phase"], r["batch"], r["config"]) ==
                               (ph, b, n)), {})
-                    ys.append(_num((r.get("energy_pj_by_component") or {}).get(k)) or 0.0)
+                    ys.append(component_per_token(r, k) or 0.0)
                 ax.bar(range(len(names)), ys, 0.6, bottom=bottom, color=f"C{j}", label=k)
                 bottom += np.array(ys)
             ax.set_xticks(range(len(names)), names, fontsize=6, rotation=15)
