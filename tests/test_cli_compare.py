@@ -146,3 +146,28 @@ def test_energy_split_is_scaled_to_one_token():
     assert component_per_token(r, "mac") == 15.0
     assert component_per_token(r, "dram") == 10.0
     assert component_per_token(r, "noc") is None
+
+
+@pytest.mark.slow
+def test_real_pair_decode_follows_bandwidth(capsys):
+    """The worked example on the real simulator: llama-3-8b decode (batch 1, context 2048) on
+    the blackhole-like twins. Decode streams every weight once per token, so the HBM3 twin
+    must be faster by roughly the bandwidth ratio (3.2x): more than 0.6 of it, and never more
+    than the ratio itself. (Prefill is not asserted: see the issue-7 note; without multicast or
+    a shared cache, the mapper re-reads weights per m-block, so prefill is memory-bound too.)"""
+    code = main(["compare", *PAIR, "--model", "llama-3-8b", "--phases", "decode", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    by = {r["config"]: r for r in json.loads(out)}
+    gd, hb = by[PAIR[0]], by[PAIR[1]]
+    assert gd["error"] is None and hb["error"] is None
+    bw = hb["peak_dram_gbps"] / gd["peak_dram_gbps"]
+    speedup = gd["tpot_s"] / hb["tpot_s"]
+    assert 0.6 * bw < speedup <= bw
+    from tilesim.programs.models import resolve_model
+    spec = resolve_model("llama-3-8b")
+    table = spec.vocab_size * spec.d_model * 2          # bf16 embedding table, gathered by row
+    for r in (gd, hb):
+        assert r["macs"] == r["model_macs"]
+        # batch-1 decode reads every weight byte at least once (the embedding: one row)
+        assert r["dram_read_bytes"] >= spec.weight_bytes() - table
