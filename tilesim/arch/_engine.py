@@ -1593,6 +1593,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     r_kind = np.zeros(pool, np.int64)
     r_stage = np.zeros(pool, np.int64)
     r_dram = np.zeros(pool, np.int64)
+    r_ch = np.zeros(pool, np.int64)            # memory channel of a load or store
     r_bytes = np.zeros(pool, np.int64)
     r_src_core = np.zeros(pool, np.int64)
     r_dst_core = np.zeros(pool, np.int64)
@@ -1647,7 +1648,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     ins = (t_issue, t_start, t_end, i_pending, i_issued_all)
     eng = (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
            m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot)
-    rq = (r_g, r_i, r_kind, r_stage, r_dram, r_bytes, r_src_core, r_dst_core, r_sram_mask,
+    rq = (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
           r_dst_mask, r_next)
     pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits)
     sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
@@ -1687,7 +1688,7 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
     t_issue, t_start, t_end, i_pending, i_issued_all = ins
     (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
      m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot) = eng
-    (r_g, r_i, r_kind, r_stage, r_dram, r_bytes, r_src_core, r_dst_core, r_sram_mask,
+    (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
      r_dst_mask, r_next) = rq
     p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits = pk
     st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel = sr
@@ -1963,10 +1964,12 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             if op == 10:
                 r_kind[r] = RQ_LOAD
                 r_dram[r] = src
+                r_ch[r] = dram_channel(dram_T, src)
                 r_dst_core[r] = core
             elif op == 11:
                 r_kind[r] = RQ_STORE
                 r_dram[r] = dst
+                r_ch[r] = dram_channel(dram_T, dst)
                 r_dst_core[r] = core
             else:
                 r_kind[r] = RQ_COPY
@@ -2077,12 +2080,12 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             done = False
             if rk == RQ_LOAD:
                 if stg == 0:      # request packet to the memory controller
-                    ch = dram_channel(dram_T, r_dram[r])
+                    ch = r_ch[r]
                     send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
                 elif stg == 1:    # at the controller: into the channel's queue
                     to_dram = True
                 elif stg == 2:    # data read: response packet back to the core
-                    ch = dram_channel(dram_T, r_dram[r])
+                    ch = r_ch[r]
                     send_from, send_to = ch_node[ch], core_node[r_src_core[r]]
                     flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
                     pbytes = r_bytes[r]
@@ -2098,14 +2101,14 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                     stream_mask = r_sram_mask[r]
                     sram_rd[stream_core] += r_bytes[r]
                 elif stg == 1:    # data packet to the memory controller
-                    ch = dram_channel(dram_T, r_dram[r])
+                    ch = r_ch[r]
                     send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
                     flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
                     pbytes = r_bytes[r]
                 elif stg == 2:
                     to_dram = True
                 elif stg == 3:    # written: acknowledge to the core
-                    ch = dram_channel(dram_T, r_dram[r])
+                    ch = r_ch[r]
                     send_from, send_to = ch_node[ch], core_node[r_src_core[r]]
                 else:
                     done = True
@@ -2152,7 +2155,7 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 if tmx > t_stale:
                     t_stale = tmx
             elif to_dram:
-                ch = dram_channel(dram_T, r_dram[r])
+                ch = r_ch[r]
                 dram_bytes[1 if rk == RQ_STORE else 0] += r_bytes[r]
                 d_arr = _ceil_div(t * core_fs, dram_fs)
                 if ovf_n[ch] > 0 or not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
