@@ -86,7 +86,8 @@ def format_summary(s: dict, ops: list, top: int) -> str:
     e = s["energy_pj_by_component"]
     total = sum(e.values()) or 1.0
     split = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in e.items())
-    lines.append(f"  energy            {s['energy_pj_per_token'] / 1e6:.3f} uJ per token  "
+    from tilesim.cli.compare import fmt_energy
+    lines.append(f"  energy            {fmt_energy(s['energy_pj_per_token'])} per token  "
                  f"({split})")
     lines.append(f"  top ops by time (of {len(ops)}):")
     for r in ops[:top]:
