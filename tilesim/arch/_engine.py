@@ -1534,8 +1534,9 @@ def _signal(h, cq, sems, t, sem_cnt, sem_head, w_next, state):
                 w = nw
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _ceil_div(a, b):
+    """ceil(a / b) for integers (b > 0)."""
     return -((-a) // b)
 
 
