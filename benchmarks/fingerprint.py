@@ -15,10 +15,10 @@ compares the hashes with such a file and exits 1 when one differs. Record one be
 Cases: the three example programs (tilesim/programs/examples) on their chips; a gemm_tile_loop;
 a multi-core weight-streaming GEMM (benchmarks/bench_chip.py, K = N = 2048) on tpu-v4i-like;
 the tiny models of tests/programs/test_codegen.py in prefill and decode; gpt2 decode at context
-128 on tpu-v4i-like and on h100-like-hbm3, and its prefill of 128 tokens on tpu-v4i-like; and layer 0 of llama-3-8b decode at context 1024 on
-h100-like-hbm3 with 1 KiB DMA requests (871 K requests, 38.6 M events: the slow one, 3.7 s a
-run on the 2-core Xeon this was written on, 11.4 s before the loop lost its reference counting
-and its heap).
+128 on tpu-v4i-like and on h100-like-hbm3, and its prefill of 128 tokens on tpu-v4i-like; and
+layer 0 of llama-3-8b decode at context 1024 on h100-like-hbm3 with 1 KiB DMA requests (871 K
+requests, 38.6 M events: the slow one, 3.9 s a run on the 2-core Xeon this was written on,
+11.3 s before the loop lost its reference counting and its heap).
 """
 from __future__ import annotations
 
