@@ -269,6 +269,15 @@ def test_planted_out_of_bounds_address(field, value, reason):
     assert msg.startswith("oob.tasm: line ") and "dma0 instruction 0" in msg and reason in msg
 
 
+def test_event_budget_names_the_program_not_an_instruction():
+    prog = _program("gemm_double_buffered")
+    with pytest.raises(ProgramError) as e:
+        chip.run(prog, config.load("teach-4x4"), max_events=50)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{prog.name}: the run exceeded its event budget (50 events)")
+
+
 # ---- DMA descriptors ----------------------------------------------------------------------
 
 

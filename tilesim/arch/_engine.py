@@ -1124,7 +1124,7 @@ def heap_pop(h):
 @njit(cache=True)
 def cal_new(log2_width, slots):
     """An empty calendar: a ring of ``2**log2_width`` (>= 64) one-cycle buckets holding up to
-    ``slots`` events due within that many cycles of the current time, each bucket a FIFO in
+    ``slots`` (>= 1) events due within that many cycles of the current time, each bucket a FIFO in
     push order. One int64 array: [count, first free slot, current time (cycles), width, then
     4 unused; per bucket its first slot (-1: empty); per bucket its last slot; the bitmap of
     non-empty buckets (width / 64 words); then (seq, payload, next slot) per slot]."""
@@ -1655,6 +1655,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
     mc = (ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes)
     reg = np.zeros(8, np.int64)       # the loop's registers (_chip_loop)
+    reg[7] = -1                       # no instruction to blame
     # the most one event can push: a wake-up and a stream per engine, a channel's queue
     margin = 2 * n_eng + dram_T.rq_cap + dram_T.wq_cap + 64
     h = heap_new(4096 + margin)
