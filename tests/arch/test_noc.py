@@ -153,3 +153,14 @@ def test_saturation_near_booksim_many_vc_router():
     assert 0.42 <= sat1 <= bound
     assert 0.38 <= sat4 <= sat1
     assert sat1 / 0.43 < 1.16   # within 16% of BookSim's saturation
+
+
+def test_tables_are_cached_per_config_and_read_only():
+    """build() is cached per NoC config (simulate runs several programs on one chip); the
+    shared arrays cannot be written."""
+    cfg = NocConfig(topology="mesh", dims=(3, 3))
+    t = noc.build(cfg)
+    assert noc.build(NocConfig(topology="mesh", dims=(3, 3))) is t
+    assert noc.build(NocConfig(topology="mesh", dims=(3, 2))) is not t
+    with pytest.raises(ValueError):
+        t.next_link[0, 1] = 5

@@ -118,6 +118,20 @@ for _d in BY_CODE.values():
 _BITS[0] = 8
 
 
+def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, axis=0, return_inverse=True)`` for an int64 [n, c] array, by a
+    lexsort over the columns: np.unique sorts the rows as opaque bytes, which took 0.5 s of a
+    llama-3-8b layer's 0.6 s of instruction tables."""
+    order = np.lexsort(keys.T[::-1])
+    srt = keys[order]
+    new = np.ones(len(srt), bool)
+    new[1:] = (srt[1:] != srt[:-1]).any(axis=1)
+    group = np.cumsum(new) - 1
+    inverse = np.empty(len(keys), np.int64)
+    inverse[order] = group
+    return srt[new], inverse
+
+
 def _tile_masks(addr, rows, cols, row_stride, elem_stride, bits, cfg) -> np.ndarray:
     """Bank masks of 2-D tiles (vectorised over instructions; one sram.bank_mask per distinct
     pattern)."""
@@ -125,7 +139,7 @@ def _tile_masks(addr, rows, cols, row_stride, elem_stride, bits, cfg) -> np.ndar
     keys = np.stack([addr % period, rows, cols, row_stride % period, elem_stride, bits], axis=1)
     if keys.shape[0] == 0:
         return np.zeros(0, np.uint64)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    uniq, inverse = _unique_rows(keys)
     masks = np.array([sram_mod.bank_mask(int(a), (int(r), int(c)), (int(rs), int(es)), int(b), cfg)
                       for a, r, c, rs, es, b in uniq], dtype=np.uint64)
     return masks[inverse.ravel()]
@@ -161,7 +175,7 @@ def instruction_tables(program: Program, cfg: ChipConfig) -> dict[str, np.ndarra
 
     sel = np.nonzero(op == Op.LDW)[0]
     if sel.size:
-        pairs, inv = np.unique(np.stack([k[sel], nn[sel]], 1), axis=0, return_inverse=True)
+        pairs, inv = _unique_rows(np.stack([k[sel], nn[sel]], 1))
         cyc = np.array([systolic.ldw_cycles(int(a), int(b), sa.rows, sa.cols, sa.dataflow)
                         for a, b in pairs])
         dur_a[sel] = cyc[inv.ravel()]
@@ -173,8 +187,7 @@ def instruction_tables(program: Program, cfg: ChipConfig) -> dict[str, np.ndarra
 
     sel = np.nonzero(op == Op.MM)[0]
     if sel.size:
-        trip, inv = np.unique(np.stack([m[sel], k[sel], nn[sel]], 1), axis=0,
-                              return_inverse=True)
+        trip, inv = _unique_rows(np.stack([m[sel], k[sel], nn[sel]], 1))
         cyc = np.array([systolic.mm_cycles(int(a), int(b), int(c), sa.rows, sa.cols, sa.dataflow)
                         for a, b, c in trip])
         dur_a[sel] = cyc[inv.ravel(), 0]                       # rows accepted
