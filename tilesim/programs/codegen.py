@@ -35,7 +35,7 @@ import numpy as np
 
 from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
-from tilesim.isa.opcodes import NO_SEM, Engine, Flag, Op, VecOp, blank
+from tilesim.isa.opcodes import MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
@@ -118,16 +118,26 @@ class Emitter:
     def sem(self, name: str) -> int:
         return self.b.sem(f"{self.ops[-1]}.{name}")
 
-    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
+    def _barrier(self, core: int, engine: int, n_waits: int):
+        """The previous op's barrier for the first instruction of this op on a queue: the
+        (sem, count) to add to its waits, or None when there is none to add or no free wait
+        slot (then a NOP waiting on it goes first)."""
         key = (core, int(engine))
+        if key in self.fresh:
+            return None
+        self.fresh.add(key)
+        if self.prev is None:
+            return None
+        if n_waits >= MAX_WAITS:
+            self._raw(core, engine, [self.prev], [], op=Op.NOP)
+            return None
+        return self.prev
+
+    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
         wait = [w for w in wait if w is not None]
-        if key not in self.fresh:
-            self.fresh.add(key)
-            if self.prev is not None:
-                if len(wait) >= 2:
-                    self._raw(core, engine, [self.prev], [], op=Op.NOP)
-                else:
-                    wait = wait + [self.prev]
+        bar = self._barrier(core, engine, len(wait))
+        if bar is not None:
+            wait.append(bar)
         signal = [s for s in signal if s is not None]
         if final:
             signal = signal + [self.done]
@@ -135,19 +145,14 @@ class Emitter:
         self._raw(core, engine, wait, signal, **f)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
-        """Append INSTR_DTYPE records built as columns; the op barrier goes into the first
-        record's free wait slot (or a NOP before it), as :meth:`emit` does."""
-        key = (core, int(engine))
-        if key not in self.fresh:
-            self.fresh.add(key)
-            if self.prev is not None:
-                free = np.flatnonzero(block["wait_sem"][0] == NO_SEM)
-                if free.size == 0:
-                    self._raw(core, engine, [self.prev], [], op=Op.NOP)
-                else:
-                    block["wait_sem"][0, free[0]], block["wait_count"][0, free[0]] = self.prev
+        """Append INSTR_DTYPE records built as columns, with the op barrier as :meth:`emit`
+        adds it (into the first record's free wait slot, or a NOP before it)."""
+        used = int((block["wait_sem"][0] != NO_SEM).sum())
+        bar = self._barrier(core, engine, used)
+        if bar is not None:
+            block["wait_sem"][0, used], block["wait_count"][0, used] = bar
         self.b.emit_block(core, engine, block)
-        self.tags.setdefault(key, []).extend([len(self.ops) - 1] * len(block))
+        self.tags.setdefault((core, int(engine)), []).extend([len(self.ops) - 1] * len(block))
 
     def _raw(self, core, engine, wait, signal, **f):
         self.b.emit(core, engine, wait=wait, signal=signal, **f)
@@ -178,16 +183,19 @@ class Emitter:
     def load(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
              heads=1, src_head=0, dst_head=0, final=False):
         """DRAM -> SRAM: [heads x] rows x cols elements."""
-        e = _eb(dt)
-        self.emit(core, Engine.DMA + dma, wait, signal, final, op=Op.LOAD, src_addr=src,
-                  dst_addr=dst, shape=(1, heads, rows, cols),
-                  src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
-                  dtype=_code(dt))
+        self._move(Op.LOAD, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
+                   heads, src_head, dst_head, final)
 
     def store(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
               heads=1, src_head=0, dst_head=0, final=True):
+        """SRAM -> DRAM, the same descriptor; an op's stores finish it (``final``)."""
+        self._move(Op.STORE, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
+                   heads, src_head, dst_head, final)
+
+    def _move(self, op, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
+              heads, src_head, dst_head, final):
         e = _eb(dt)
-        self.emit(core, Engine.DMA + dma, wait, signal, final, op=Op.STORE, src_addr=src,
+        self.emit(core, Engine.DMA + dma, wait, signal, final, op=op, src_addr=src,
                   dst_addr=dst, shape=(1, heads, rows, cols),
                   src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
                   dtype=_code(dt))
