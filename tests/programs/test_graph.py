@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.programs.test_models import SPECS, small_specs
+from tests.programs.test_models import BAD_STEP_ARGS, SPECS, small_specs
 from tilesim.dtypes import DTYPES
 from tilesim.errors import InputError
 from tilesim.programs import graph, models
@@ -360,15 +360,7 @@ def test_layer_graph_is_the_layer_of_the_model_graph(name):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args,message", [
-    (("prefil", 1, 8),
-     "phase: 'prefil' is not allowed (prefill or decode; did you mean 'prefill'?)"),
-    (("prefill", 0, 8), "batch: 0 is not allowed (an integer >= 1)"),
-    (("prefill", 1, 0), "context: 0 is not allowed (an integer >= 1)"),
-    (("decode", 1, -1), "context: -1 is not allowed (an integer >= 0)"),
-    (("decode", True, 3), "batch: True is not allowed (an integer >= 1)"),
-    (("decode", 1.0, 3), "batch: 1.0 is not allowed (an integer >= 1)"),
-])
+@pytest.mark.parametrize("args,message", BAD_STEP_ARGS)
 def test_bad_arguments_are_one_line_errors(args, message):
     s = models.preset("gpt2")
     with pytest.raises(InputError) as e:

@@ -431,15 +431,19 @@ def test_deepseek_v3_decode_scores_read_the_576_wide_latent_cache():
     assert b["ffn_dense"] == 3 * 3 * 7168 * 18432
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_STEP_ARGS = [       # (phase, batch, context) -> the one-line error; graph.py uses it too
     (("prefil", 1, 8),
      "phase: 'prefil' is not allowed (prefill or decode; did you mean 'prefill'?)"),
     (("prefill", 0, 8), "batch: 0 is not allowed (an integer >= 1)"),
     (("prefill", 1, 0), "context: 0 is not allowed (an integer >= 1)"),
     (("decode", 1, -1), "context: -1 is not allowed (an integer >= 0)"),
     (("decode", True, 3), "batch: True is not allowed (an integer >= 1)"),
+    (("decode", 1.0, 3), "batch: 1.0 is not allowed (an integer >= 1)"),
     (("decode", 1, 2.0), "context: 2.0 is not allowed (an integer >= 0)"),
-])
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_STEP_ARGS)
 def test_macs_reject_bad_arguments_in_one_line(args, message):
     with pytest.raises(InputError) as e:
         models.preset("gpt2").macs(*args)
