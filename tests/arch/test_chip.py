@@ -128,6 +128,9 @@ def _check_conservation(prog, stats):
     ins = prog.instrs
     nbytes = dma.descriptor_bytes(ins, chip._BITS)
     load = int(nbytes[ins["op"] == Op.LOAD].sum())
+    # a multicast load (dst_core >= 0) writes max(1, mc_count) SRAMs from one DRAM read
+    copies = np.where(ins["dst_core"] >= 0, np.maximum(ins["mc_count"].astype(np.int64), 1), 1)
+    load_written = int((nbytes * copies)[ins["op"] == Op.LOAD].sum())
     store = int(nbytes[ins["op"] == Op.STORE].sum())
     copy = int(nbytes[ins["op"] == Op.COPY].sum())
     # bytes DMA asked for = bytes the DRAM served
@@ -135,13 +138,18 @@ def _check_conservation(prog, stats):
     assert stats.dram_write_bytes == store == stats.dram["counters"]["bytes_written"]
     # every DRAM request was served exactly once
     c = stats.dram["counters"]
-    assert c["reads_done"] == c["RD"] and c["writes_done"] == c["WR"]
-    # flits
-    assert stats.noc_injected_flits == stats.noc_ejected_flits > 0
+    r = stats.dma_requests
+    assert c["reads_done"] == r["load"] + r.get("multicast", 0)
+    assert c["writes_done"] == r["store"]
+    # flits: each packet leaves the NoC once, a multicast response once per destination
+    if stats.dma_requests.get("multicast", 0) == 0:
+        assert stats.noc_injected_flits == stats.noc_ejected_flits > 0
+    else:
+        assert stats.noc_ejected_flits > stats.noc_injected_flits > 0
     # SRAM: every byte a DMA moved in or out, plus what the engines read and wrote
     tabs = chip.instruction_tables(prog, config.load(EXAMPLES.get(prog.name, "teach-4x4")))
     assert int(stats.sram_read_bytes.sum()) == int(tabs["s_read"].sum()) + store + copy
-    assert int(stats.sram_write_bytes.sum()) == int(tabs["s_write"].sum()) + load + copy
+    assert int(stats.sram_write_bytes.sum()) == int(tabs["s_write"].sum()) + load_written + copy
     # every instruction issued, started and completed once, in that order
     assert (stats.t_issue >= 0).all()
     assert (stats.t_issue <= stats.t_start).all() and (stats.t_start <= stats.t_end).all()
@@ -339,3 +347,91 @@ def test_unique_rows_equals_numpy_unique():
     # same grouping: two rows share a group in one exactly when they do in the other
     assert np.array_equal(inv[:, None] == inv[None, :200], ref_inv.ravel()[:, None]
                           == ref_inv.ravel()[None, :200])
+
+
+# ---- multicast loads ----------------------------------------------------------------------
+
+MCAST_BYTES = 64 * 64
+
+
+def _multicast_program(first: int, count: int, stride: int, cores: int = 4) -> str:
+    """Core 0's dma0 multicasts B (64 x 64 int8 in DRAM) to address 0x1000 of the cores
+    first + j * stride, j < count; every core declares a buffer there to read back."""
+    bufs = "\n".join(f".buffer s{c} space=sram core={c} addr=0x1000 dtype=int8 shape=64,64"
+                     for c in range(cores))
+    return f"""
+.program mcast cores={cores} dma_engines=1
+.sem got
+.buffer B space=dram addr=0x0 dtype=int8 shape=64,64
+{bufs}
+.queue core=0 engine=dma0
+    load src=B dst=s{first} dst_core={first} mc_count={count} mc_stride={stride} shape=64,64 src_stride=64,1 dst_stride=64,1 dtype=int8 signal=got
+"""
+
+
+def test_multicast_load_writes_every_destination_from_one_dram_read():
+    """One DRAM read per request, one SRAM write per destination, nothing on the issuer; and the
+    NoC carries each response once along the chain memory node -> d0 -> d1 -> d2:
+    byte-hops = sum over requests of 16 x hops(core 0, channel node)
+    + bytes x (hops(channel node, d0) + hops(d0, d1) + hops(d1, d2))."""
+    from tilesim.arch import _engine, noc as noc_mod
+    cfg = config.load("tpu-v4i-like")
+    prog = assemble(_multicast_program(1, 3, 1), "mcast")
+    b = np.random.default_rng(7).integers(-128, 128, (64, 64))
+    stats = chip.run(prog, cfg, functional=True, inputs={"B": b})
+    for c in (1, 2, 3):
+        np.testing.assert_array_equal(stats.memory.read(f"s{c}"), b)
+    assert not stats.memory.read("s0").any()
+    assert stats.dram_read_bytes == MCAST_BYTES and stats.dram_write_bytes == 0
+    assert list(stats.sram_write_bytes) == [0, MCAST_BYTES, MCAST_BYTES, MCAST_BYTES]
+    per = cfg.cores.dma.request_bytes
+    assert stats.dma_requests == {"load": 0, "store": 0, "copy": 0,
+                                  "multicast": MCAST_BYTES // per}
+    tables = noc_mod.build(cfg.noc)
+    nodes = cfg.core_nodes
+    mem = chip.MemorySide(cfg, 16)
+    chain = sum(int(tables.hops[nodes[c], nodes[c + 1]]) for c in (1, 2))
+    want = 0
+    for addr in range(0, MCAST_BYTES, per):
+        ch_node = int(mem.ch_node[_engine.dram_channel(mem.T, addr)])
+        want += (_engine.NOC_CTRL_BYTES * int(tables.hops[nodes[0], ch_node])
+                 + per * (int(tables.hops[ch_node, nodes[1]]) + chain))
+    assert stats.noc_byte_hops == want
+    # two extra copies of every response leave the NoC
+    flits = -(-per // cfg.noc.link_width_bytes)
+    assert stats.noc_ejected_flits - stats.noc_injected_flits == 2 * (MCAST_BYTES // per) * flits
+    _check_conservation(prog, stats)
+
+
+def test_multicast_signals_after_the_last_destination_and_costs_less_dram_than_loads():
+    """A consumer waiting on the multicast's semaphore starts only when every copy is in; three
+    plain loads of the same tile read DRAM three times and take longer on the same chip."""
+    cfg = config.load("tpu-v4i-like")
+    mc = chip.run(assemble(_multicast_program(0, 4, 1), "mcast"), cfg)
+    loads = "\n".join(
+        f".queue core={c} engine=dma0\n    load src=B dst=s{c} shape=64,64 src_stride=64,1 "
+        f"dst_stride=64,1 dtype=int8 signal=got" for c in range(4))
+    text = _multicast_program(0, 4, 1).split(".queue")[0] + loads
+    sep = chip.run(assemble(text, "loads"), cfg)
+    assert sep.dram_read_bytes == 4 * mc.dram_read_bytes
+    assert mc.cycles < sep.cycles
+
+
+def test_multicast_with_a_stride_and_bad_destinations():
+    from tilesim.isa import disassemble
+    cfg = config.load("tpu-v4i-like")
+    prog = assemble(_multicast_program(1, 2, 2), "mcast")
+    text = disassemble(prog)
+    assert "dst_core=1 mc_count=2 mc_stride=2 dst=s1" in text
+    assert assemble(text, "again") == prog
+    stats = chip.run(prog, cfg)
+    assert list(stats.sram_write_bytes) == [0, MCAST_BYTES, 0, MCAST_BYTES]
+    for first, count, stride, needle in ((2, 3, 1, "cores 2 + j * 1, j < 3"),
+                                         (1, 2, 0, "mc_stride >= 1")):
+        with pytest.raises(ProgramError) as e:
+            chip.run(assemble(_multicast_program(first, count, stride), "bad"), cfg)
+        assert "\n" not in str(e.value) and needle in str(e.value)
+        # the event loop refuses it too when the validator is skipped
+        with pytest.raises(ProgramError, match="loads to a core that does not exist"):
+            chip.run(assemble(_multicast_program(first, count, stride), "bad"), cfg,
+                     validate=False)

@@ -1501,11 +1501,14 @@ ENG_DONE = 4
 RQ_LOAD = 0
 RQ_STORE = 1
 RQ_COPY = 2
+RQ_MCAST = 3      # a LOAD to other cores' SRAM (dst_core >= 0): one read, one or more copies
 
 NOC_CTRL_BYTES = 16
 """Bytes of a packet without data (a read request or a write acknowledgement: address, size
 and tag), for NoC energy. An assumption, not a sourced figure; data packets count their
 payload."""
+
+MC_DELIVER = -2   # p_mc of a multicast copy on its way into a destination's SRAM
 
 # error codes
 ERR_NONE = 0
@@ -1513,7 +1516,7 @@ ERR_SRAM_RANGE = 1
 ERR_DRAM_RANGE = 2
 ERR_EVENTS = 3
 ERR_POOL = 4
-ERR_COPY_CORE = 5
+ERR_CORE = 5
 
 
 @njit(cache=True, _nrt=False)
@@ -1600,16 +1603,18 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     r_dst_core = np.zeros(pool, np.int64)
     r_sram_mask = np.zeros(pool, np.uint64)
     r_dst_mask = np.zeros(pool, np.uint64)
+    r_left = np.zeros(pool, np.int64)          # multicast: destinations still to write
     r_next = np.arange(1, pool + 1, dtype=np.int64)
     r_next[pool - 1] = -1
 
-    # packets
-    ppool = 2 * pool + 16
+    # packets (a multicast response forks a short-lived copy at each destination)
+    ppool = 4 * pool + 16
     p_dst = np.zeros(ppool, np.int64)
     p_flits = np.zeros(ppool, np.int64)
     p_bytes = np.zeros(ppool, np.int64)        # bytes the packet carries (energy)
     p_node = np.zeros(ppool, np.int64)
     p_req = np.zeros(ppool, np.int64)
+    p_mc = np.full(ppool, -1, np.int64)        # multicast: index of the destination it heads to
     p_next = np.arange(1, ppool + 1, dtype=np.int64)
     p_next[ppool - 1] = -1
     link_free = np.zeros(n_links + 2 * n_nodes, np.int64)
@@ -1641,7 +1646,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     ovf = np.full((max(n_ch, 1), pool), -1, np.int64)  # requests waiting for a queue slot
     ovf_h = np.zeros(max(n_ch, 1), np.int64)
     ovf_n = np.zeros(max(n_ch, 1), np.int64)
-    req_count = np.zeros(3, np.int64)
+    req_count = np.zeros(4, np.int64)
     dram_bytes = np.zeros(2, np.int64)                # read, write
 
     inp = (instrs, i_eng, q_start, q_end, eng_kind, eng_core, dur_a, dur_b, s_read, s_write,
@@ -1650,8 +1655,8 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     eng = (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
            m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot)
     rq = (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
-          r_dst_mask, r_next)
-    pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits)
+          r_dst_mask, r_left, r_next)
+    pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_mc, p_next, link_free, link_flits)
     sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
     mc = (ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes)
     reg = np.zeros(8, np.int64)       # the loop's registers (_chip_loop)
@@ -1691,8 +1696,8 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
     (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
      m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot) = eng
     (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
-     r_dst_mask, r_next) = rq
-    p_dst, p_flits, p_bytes, p_node, p_req, p_next, link_free, link_flits = pk
+     r_dst_mask, r_left, r_next) = rq
+    p_dst, p_flits, p_bytes, p_node, p_req, p_mc, p_next, link_free, link_flits = pk
     st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel = sr
     st_next, st_rem, st_owner = st[1], st[2], st[8]
     ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes = mc
@@ -1943,17 +1948,24 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 err = ERR_SRAM_RANGE
                 err_instr = i
                 break
+            mcast = op == 10 and instrs[i].dst_core >= 0
+            n_dst = max(np.int64(instrs[i].mc_count), np.int64(1)) if mcast else np.int64(1)
             if op == 12:
                 if dst < 0 or dst + nb > sram_size:
                     err = ERR_SRAM_RANGE
                     err_instr = i
                     break
                 if instrs[i].dst_core < 0 or instrs[i].dst_core >= n_cores:
-                    err = ERR_COPY_CORE
+                    err = ERR_CORE
                     err_instr = i
                     break
             elif far < 0 or far + nb > dram_cap or not has_dram:
                 err = ERR_DRAM_RANGE
+                err_instr = i
+                break
+            if mcast and (instrs[i].dst_core + (n_dst - 1) * instrs[i].mc_stride >= n_cores
+                          or (n_dst > 1 and instrs[i].mc_stride < 1)):
+                err = ERR_CORE
                 err_instr = i
                 break
             r = r_free
@@ -1963,7 +1975,13 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             r_bytes[r] = nb
             r_src_core[r] = core
             r_stage[r] = 0
-            if op == 10:
+            if mcast:
+                r_kind[r] = RQ_MCAST
+                r_dram[r] = src
+                r_ch[r] = dram_channel(dram_T, src)
+                r_dst_core[r] = instrs[i].dst_core
+                r_left[r] = n_dst
+            elif op == 10:
                 r_kind[r] = RQ_LOAD
                 r_dram[r] = src
                 r_ch[r] = dram_channel(dram_T, src)
@@ -2018,6 +2036,32 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             p = obj
             nn, tt = noc_hop(link_free, link_flits, next_link, link_dst, n_links, n_nodes,
                              p_node[p], p_dst[p], t, p_flits[p], router_cycles, link_cycles)
+            if nn < 0 and p_mc[p] >= 0:
+                # a multicast response at its destination j: the router ejects a copy (it is
+                # written at tt) and forwards the packet to destination j + 1 at once
+                r = p_req[p]
+                i = r_i[r]
+                j = p_mc[p]
+                core_j = r_dst_core[r] + j * instrs[i].mc_stride
+                if j + 1 < max(np.int64(instrs[i].mc_count), np.int64(1)):
+                    if p_free < 0:
+                        err = ERR_POOL
+                        err_instr = i
+                        break
+                    q = p_free
+                    p_free = p_next[q]
+                    p_req[q] = r
+                    p_node[q] = core_j
+                    p_mc[q] = MC_DELIVER
+                    ev_push(h, cq, tt, EV_ARRIVE + 16 * q)
+                    p_mc[p] = j + 1
+                    p_dst[p] = core_node[core_j + instrs[i].mc_stride]
+                    ev_push(h, cq, t, EV_HOP + 16 * p)
+                else:
+                    p_node[p] = core_j
+                    p_mc[p] = MC_DELIVER
+                    ev_push(h, cq, tt, EV_ARRIVE + 16 * p)
+                continue
             if nn < 0:
                 pl = EV_ARRIVE + 16 * p
             else:
@@ -2032,6 +2076,21 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             r = p_req[p]
             p_next[p] = p_free
             p_free = p
+            if p_mc[p] == MC_DELIVER:
+                # a multicast copy is in: write it into that core's SRAM (EV_REQ when done)
+                p_mc[p] = -1
+                core_j = p_node[p]
+                sram_wr[core_j] += r_bytes[r]
+                ok, tmx = _open_stream(h, core_j, t, float(r_bytes[r]), float(flit_bytes),
+                                       r_dst_mask[r], -(r + 1), c_head, st, n_banks, cap,
+                                       scratch, st_fin, st_seq, st_live, c_ver, c_sel)
+                if not ok:
+                    err = ERR_POOL
+                    err_instr = r_i[r]
+                    break
+                if tmx > t_stale:
+                    t_stale = tmx
+                continue
             kind = EV_REQ
             obj = r
 
@@ -2080,7 +2139,21 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             stream_core = -1
             stream_mask = np.uint64(0)
             done = False
-            if rk == RQ_LOAD:
+            mc_first = -1
+            if rk == RQ_MCAST:
+                if stg == 0:      # request packet to the memory controller
+                    send_from, send_to = core_node[r_src_core[r]], ch_node[r_ch[r]]
+                elif stg == 1:
+                    to_dram = True
+                elif stg == 2:    # data read: the response heads for the first destination
+                    send_from, send_to = ch_node[r_ch[r]], core_node[r_dst_core[r]]
+                    flits = (r_bytes[r] + flit_bytes - 1) // flit_bytes
+                    pbytes = r_bytes[r]
+                    mc_first = 0
+                else:             # one destination has written its copy (EV_ARRIVE)
+                    r_left[r] -= 1
+                    done = r_left[r] == 0
+            elif rk == RQ_LOAD:
                 if stg == 0:      # request packet to the memory controller
                     ch = r_ch[r]
                     send_from, send_to = core_node[r_src_core[r]], ch_node[ch]
@@ -2143,6 +2216,7 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 p_bytes[p] = pbytes
                 p_node[p] = send_from
                 p_req[p] = r
+                p_mc[p] = mc_first
                 link_flits[n_links + send_from] += flits
                 th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
                 ev_push(h, cq, th, EV_HOP + 16 * p)

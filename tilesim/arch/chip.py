@@ -71,7 +71,7 @@ class RunStats:
     engine_busy: np.ndarray              # int64[core, engine]: cycles with work in flight
     sram_read_bytes: np.ndarray          # int64[core]
     sram_write_bytes: np.ndarray         # int64[core]
-    dma_requests: dict                   # load/store/copy -> requests
+    dma_requests: dict                   # load/store/copy/multicast -> requests
     dram_read_bytes: int                 # bytes DMA asked the DRAM to read
     dram_write_bytes: int
     noc_link_flits: np.ndarray           # int64[link], all links (noc.NocTables order)
@@ -381,13 +381,18 @@ def apply_instruction(mem: FunctionalMemory, r, core: int, weights: dict, last_l
         else:
             src_str, dst_str = list(r["src_stride"]), list(r["dst_stride"])
         src_mem = mem.dram if op == Op.LOAD else own
-        dst_mem = (own if op == Op.LOAD else mem.dram if op == Op.STORE
+        dst_mem = (mem.dram if op == Op.STORE
+                   else own if op == Op.LOAD and int(r["dst_core"]) < 0
                    else mem.sram[int(r["dst_core"])])
         so = _offsets(int(r["src_addr"]), shape, src_str)[..., None] + np.arange(eb)
         do = _offsets(int(r["dst_addr"]), shape, dst_str)[..., None] + np.arange(eb)
         if dt.bits < 8:
             so, do = so[..., :1], do[..., :1]
         dst_mem[do.reshape(-1)] = src_mem[so.reshape(-1)]
+        if op == Op.LOAD and int(r["dst_core"]) >= 0:      # multicast: the other copies
+            for j in range(1, max(int(r["mc_count"]), 1)):
+                mem.sram[int(r["dst_core"]) + j * int(r["mc_stride"])][do.reshape(-1)] = \
+                    src_mem[so.reshape(-1)]
         return
     if op == Op.LDW:
         k, n = int(r["k"]), int(r["n"])
@@ -515,7 +520,7 @@ class MemorySide:
 _ERRORS = {1: "touches SRAM outside [0, {sram}) bytes", 2: "touches DRAM outside [0, {dram}) bytes",
            3: "the run exceeded its event budget ({events} events): a livelock in the model",
            4: "ran out of an internal pool (requests, packets or SRAM streams)",
-           5: "copies to a core that does not exist"}
+           5: "copies or loads to a core that does not exist (dst_core, mc_count, mc_stride)"}
 
 
 def _where(program: Program, index: int) -> str:
@@ -624,7 +629,7 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
         cycles=int(t_end.max(initial=0)), t_issue=t_issue, t_start=t_start, t_end=t_end,
         engine_busy=busy, sram_read_bytes=sram_rd, sram_write_bytes=sram_wr,
         dma_requests={"load": int(req_count[0]), "store": int(req_count[1]),
-                      "copy": int(req_count[2])},
+                      "copy": int(req_count[2]), "multicast": int(req_count[3])},
         dram_read_bytes=int(dram_bytes[0]), dram_write_bytes=int(dram_bytes[1]),
         noc_link_flits=link_flits, noc_flit_hops=int(link_flits[:n_links].sum()),
         noc_byte_hops=int(byte_hops),

@@ -214,7 +214,8 @@ def print_summary(s: dict) -> None:
             parts.append(f"{k} mean {mean:.0f} ({100 * mean / cyc if cyc else 0:.1f} %)")
         print(f"    cores {MAX_CORE_ROWS}-{len(rows) - 1}: " + "  ".join(parts))
     d = s["dma_requests"]
-    print(f"  DMA requests load {d['load']}, store {d['store']}, copy {d['copy']}")
+    print(f"  DMA requests load {d['load']}, store {d['store']}, copy {d['copy']}, "
+          f"multicast {d['multicast']}")
     if s["dram_standard"]:
         print(f"  DRAM         read {_bytes(s['dram_read_bytes'])}, written "
               f"{_bytes(s['dram_write_bytes'])}: {s['dram_gbps']:.2f} GB/s over the run = "

@@ -63,7 +63,10 @@ the vector queue. Keys, the record fields they set, and the value an omitted key
     signal=S           signal S when done; slots as for wait                        [none]
     src= src2= dst=    src_addr, src2_addr, dst_addr in bytes: a number, ``BUF`` or
                        ``BUF+OFFSET``                                               [0]
-    dst_core=C         the core a DMA copy writes to                                [-1]
+    dst_core=C         the core a DMA copy writes to; for a load, the first core it
+                       writes to instead of its own (a multicast)                   [-1]
+    mc_count=N         a multicast load writes cores dst_core + j * mc_stride,
+    mc_stride=S        j < max(1, N)                                                [0]
     m= k= n=           matrix tile sizes                                            [0]
     shape=a,b,c,d      elements per dimension, innermost last; a shorter list is padded on
                        the left with 1, so ``shape=16,4`` is 1,1,16,4               [0,0,0,0]
@@ -81,8 +84,8 @@ sense for the instruction (an ``m`` on a load, a flag on the wrong op, an addres
 SRAM) is the business of :mod:`tilesim.isa.validate`, which reports it by line.
 
 A symbolic address names a buffer the operand can actually reach: a load reads DRAM and writes
-the SRAM of its own core, a store the reverse, a DMA copy reads its own core's SRAM and writes
-the SRAM of ``dst_core``, and ldw, mm and the vector ops read and write their own core's SRAM.
+the SRAM of its own core (of ``dst_core`` for a multicast), a store the reverse, a DMA copy
+reads its own core's SRAM and writes the SRAM of ``dst_core``, and ldw, mm and the vector ops read and write their own core's SRAM.
 Operands an instruction does not use (``src2`` of a load, any address of nop) take numbers only.
 
 Canonical text
@@ -158,7 +161,7 @@ MAX_DMA_ENGINES = _config_max(DmaConfig, "engines")
 # Which operands hold addresses, the memory each one reaches ("sram" of the own core, "sram@dst"
 # of dst_core, or "dram"), per opcode. Operands not listed are not used by that opcode.
 OPERAND_SPACES: dict[int, dict[str, str]] = {
-    Op.LOAD: {"src": "dram", "dst": "sram"},
+    Op.LOAD: {"src": "dram", "dst": "sram@load"},
     Op.STORE: {"src": "sram", "dst": "dram"},
     Op.COPY: {"src": "sram", "dst": "sram@dst"},
     Op.LDW: {"src": "sram"},
@@ -167,10 +170,10 @@ OPERAND_SPACES: dict[int, dict[str, str]] = {
 }
 
 _ADDR_FIELDS = {"src": "src_addr", "src2": "src2_addr", "dst": "dst_addr"}
-_SCALAR_FIELDS = ("dst_core", "m", "k", "n", "src2_stride")
+_SCALAR_FIELDS = ("dst_core", "mc_count", "mc_stride", "m", "k", "n", "src2_stride")
 _LIST_PAD = {"shape": 1, "src_stride": 0, "dst_stride": 0}
-KEYS = ("wait", "src", "src2", "dst_core", "dst", "m", "k", "n", "shape", "src_stride",
-        "src2_stride", "dst_stride", "dtype", "dtype2", "flags", "imm", "imm_bits", "signal")
+KEYS = ("wait", "src", "src2", "dst_core", "mc_count", "mc_stride", "dst", "m", "k", "n",
+        "shape", "src_stride", "src2_stride", "dst_stride", "dtype", "dtype2", "flags", "imm", "imm_bits", "signal")
 """Instruction keys, in the order the disassembler writes them."""
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -622,9 +625,12 @@ def _put(values: tuple, i: int, v: int) -> tuple:
 
 
 def _reach(space: str, core: int, dst_core: int) -> tuple[str, int]:
-    """(space, core) an operand addresses: own sram, dst_core's sram, or dram (core -1)."""
+    """(space, core) an operand addresses: own sram, dst_core's sram, or dram (core -1). A
+    load writes its own core's sram, or with dst_core >= 0 (a multicast) that of dst_core."""
     if space == "dram":
         return "dram", -1
+    if space == "sram@load":
+        return "sram", dst_core if dst_core >= 0 else core
     return "sram", dst_core if space == "sram@dst" else core
 
 

@@ -14,7 +14,13 @@ signals without doing work; HALT ends its queue.
 Operands (fields of :data:`INSTR_DTYPE`; addresses and strides in bytes):
 
     LOAD   DRAM src_addr -> own SRAM dst_addr, 4-D: shape[0..3] elements of ``dtype``,
-           src_stride[0..3], dst_stride[0..3]; shape[3] is the innermost dimension
+           src_stride[0..3], dst_stride[0..3]; shape[3] is the innermost dimension.
+           With ``dst_core`` >= 0 the data goes instead to dst_addr in the SRAM of each of the
+           cores dst_core + j * mc_stride, j < max(1, mc_count): a multicast (like H100 TMA
+           multicast or a Tenstorrent NoC multicast write). Each DRAM read happens once; its
+           response packet visits the destinations in that order (path-based multicast: every
+           router on the way forwards it and ejects a copy where a destination sits). The
+           load completes, and signals, when every destination has written every byte.
     STORE  own SRAM src_addr -> DRAM dst_addr, same descriptor
     COPY   own SRAM src_addr -> SRAM dst_addr of core ``dst_core``, over the NoC
     LDW    K x N weight tile from SRAM src_addr into the array: k, n, row stride src_stride[2];
@@ -116,7 +122,9 @@ INSTR_DTYPE = np.dtype([
     ("flags", np.uint8),
     ("dtype", np.uint8),         # dtypes.DType.code of the input / moved elements
     ("dtype2", np.uint8),        # output datatype (MM accumulator, VOP result); 0 = same
-    ("dst_core", np.int16),      # COPY destination core; -1 otherwise
+    ("dst_core", np.int16),      # COPY destination core, first LOAD multicast core; -1 otherwise
+    ("mc_count", np.int16),      # LOAD multicast: destination cores (0 or 1: one)
+    ("mc_stride", np.int16),     # LOAD multicast: core-id step between destinations
     ("wait_sem", np.int32, (MAX_WAITS,)),
     ("wait_count", np.int32, (MAX_WAITS,)),
     ("signal_sem", np.int32, (MAX_SIGNALS,)),

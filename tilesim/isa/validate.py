@@ -25,7 +25,8 @@ Datatypes
 Memory
     every byte an instruction touches lies in ``[0, cores.sram.size_bytes)`` of the SRAM it
     addresses, or in ``[0, capacity)`` of DRAM; a chip with ``memory: none`` has no LOAD or
-    STORE; a COPY's ``dst_core`` is a core of the program.
+    STORE; a COPY's ``dst_core`` is a core of the program, and so is every destination of a
+    multicast LOAD (``dst_core + j * mc_stride``, ``mc_stride >= 1`` when ``mc_count > 1``).
 Semaphores
     every wait and signal names a declared semaphore; wait counts are ``>= 1``; and no queue
     waits forever (below).
@@ -415,7 +416,10 @@ def _operands(v: _View) -> list[_Operand]:
         sel = v.is_op(op) & full
         add("src", src_space, sel, v.core if src_space == "sram" else nodram, src, v.shape,
             s_st, v.bits)
-        target = dst_core if op == Op.COPY else v.core if dst_space == "sram" else nodram
+        if op == Op.LOAD:     # a multicast load writes dst_core's SRAM (and more, alike)
+            target = np.where(dst_core >= 0, dst_core, v.core)
+        else:
+            target = dst_core if op == Op.COPY else nodram
         add("dst", dst_space, sel, target, dst, v.shape, d_st, v.bits)
 
     elem = v.bits // 8
@@ -485,6 +489,16 @@ def _memory(v: _View) -> list[tuple[int, str]]:
     for i in np.flatnonzero(copies & ((dst_core < 0) | (dst_core >= v.p.n_cores))):
         out.append((i, f"copy dst_core={dst_core[i]} is not a core of the program (0 to "
                        f"{v.p.n_cores - 1})"))
+    count = np.maximum(v.p.instrs["mc_count"].astype(np.int64), 1)
+    stride = v.p.instrs["mc_stride"].astype(np.int64)
+    last = dst_core + (count - 1) * stride
+    mcast = v.is_op(Op.LOAD) & (dst_core >= 0)
+    bad = mcast & ((dst_core >= v.p.n_cores) | (last >= v.p.n_cores) | (last < 0)
+                   | ((count > 1) & (stride < 1)))
+    for i in np.flatnonzero(bad):
+        out.append((i, f"multicast load to cores {dst_core[i]} + j * {stride[i]}, j < "
+                       f"{count[i]}: the cores must be cores of the program (0 to "
+                       f"{v.p.n_cores - 1}), with mc_stride >= 1 when mc_count > 1"))
     for a in v.operands():
         if a.space == "dram" and cfg.memory is None:
             continue
