@@ -138,6 +138,9 @@ class DmaConfig:
     max_dims: int = _f("dimensions of a strided tensor descriptor", 4, min=1, max=4)
     request_bytes: int = _f("bytes per DRAM request / NoC packet payload", 64, min=16, max=4096,
                             size=True)
+    multicast_cores: int = _f("most cores one multicast LOAD may write, and so the largest "
+                              "group of cores the compiler lets share a tile (1: no multicast)",
+                              1, min=1, max=4096)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +185,10 @@ class DramControllerConfig:
     write_low_watermark: float = _f("stop draining writes at this queue fill", 0.25, min=0.0, max=1.0)
     address_mapping: str = _f("'default' or address fields from most to least significant, "
                               "e.g. 'ro-ba-bg-ch-co'", "default")
+    channel_hash: bool = _f("add the address above the channel field to the channel, modulo the "
+                            "channels (like the XOR channel hashing of GPU memory controllers): "
+                            "strided reads, e.g. the rows of a matrix 8 KiB apart, then reach "
+                            "every channel, not channels / gcd(stride, channels)", False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -354,6 +354,13 @@ def test_unique_rows_equals_numpy_unique():
 MCAST_BYTES = 64 * 64
 
 
+def _mcast_chip():
+    """tpu-v4i-like (4 cores on a 3 x 2 mesh, two memory nodes) allowed to multicast to all."""
+    d = config.to_dict(config.load("tpu-v4i-like"))
+    d["cores"]["dma"]["multicast_cores"] = 4
+    return config.from_dict(d)
+
+
 def _multicast_program(first: int, count: int, stride: int, cores: int = 4) -> str:
     """Core 0's dma0 multicasts B (64 x 64 int8 in DRAM) to address 0x1000 of the cores
     first + j * stride, j < count; every core declares a buffer there to read back."""
@@ -375,7 +382,7 @@ def test_multicast_load_writes_every_destination_from_one_dram_read():
     byte-hops = sum over requests of 16 x hops(core 0, channel node)
     + bytes x (hops(channel node, d0) + hops(d0, d1) + hops(d1, d2))."""
     from tilesim.arch import _engine, noc as noc_mod
-    cfg = config.load("tpu-v4i-like")
+    cfg = _mcast_chip()
     prog = assemble(_multicast_program(1, 3, 1), "mcast")
     b = np.random.default_rng(7).integers(-128, 128, (64, 64))
     stats = chip.run(prog, cfg, functional=True, inputs={"B": b})
@@ -406,7 +413,7 @@ def test_multicast_load_writes_every_destination_from_one_dram_read():
 def test_multicast_signals_after_the_last_destination_and_costs_less_dram_than_loads():
     """A consumer waiting on the multicast's semaphore starts only when every copy is in; three
     plain loads of the same tile read DRAM three times and take longer on the same chip."""
-    cfg = config.load("tpu-v4i-like")
+    cfg = _mcast_chip()
     mc = chip.run(assemble(_multicast_program(0, 4, 1), "mcast"), cfg)
     loads = "\n".join(
         f".queue core={c} engine=dma0\n    load src=B dst=s{c} shape=64,64 src_stride=64,1 "
@@ -419,7 +426,7 @@ def test_multicast_signals_after_the_last_destination_and_costs_less_dram_than_l
 
 def test_multicast_with_a_stride_and_bad_destinations():
     from tilesim.isa import disassemble
-    cfg = config.load("tpu-v4i-like")
+    cfg = _mcast_chip()
     prog = assemble(_multicast_program(1, 2, 2), "mcast")
     text = disassemble(prog)
     assert "dst_core=1 mc_count=2 mc_stride=2 dst=s1" in text
@@ -435,3 +442,6 @@ def test_multicast_with_a_stride_and_bad_destinations():
         with pytest.raises(ProgramError, match="loads to a core that does not exist"):
             chip.run(assemble(_multicast_program(first, count, stride), "bad"), cfg,
                      validate=False)
+    # a chip that cannot multicast that far refuses it before the run
+    with pytest.raises(ProgramError, match="at most cores.dma.multicast_cores = 1"):
+        chip.run(prog, config.load("tpu-v4i-like"))

@@ -680,3 +680,27 @@ def test_dram_kernels_are_compiled_without_reference_counting():
     for name, d in kernels.items():
         expected = None if name == "dram_map_many" else False
         assert d.targetoptions.get("_nrt") is expected, name
+
+
+def test_channel_hash_spreads_strided_rows_and_keeps_streams_even():
+    """h100-like's five HBM3 stacks give 160 channels of 512 B chunks. Rows of a row-major
+    bf16 matrix with 4096 columns sit 8 KiB = 16 chunks apart: without the hash they reach
+    160 / gcd(16, 160) = 10 channels; with it, (16 r + floor(16 r / 160)) mod 160 reaches all
+    160 in 160 rows. A sequential stream still covers every channel once per 160 chunks, and
+    the bytes of one chunk stay in one channel."""
+    from tilesim.arch import chip, _engine
+    d = config.to_dict(config.load("h100-like-hbm3"))
+    d["memory"].setdefault("controller", {})["channel_hash"] = False
+    plain = config.from_dict(d)
+    d["memory"]["controller"]["channel_hash"] = True
+    hashed = config.from_dict(d)
+    rows = np.arange(160, dtype=np.int64) * 8192
+    seq = np.arange(160 * 4, dtype=np.int64) * 512
+    inside = np.arange(0, 512, 32, dtype=np.int64) + 512 * 37
+    for cfg, strided in ((plain, 10), (hashed, 160)):
+        T = chip.MemorySide(cfg, 16).T
+        assert T.n_ch == 160
+        assert len(set(_engine.dram_map_many(T, rows).tolist())) == strided
+        ch = _engine.dram_map_many(T, seq).reshape(4, 160)
+        assert all(sorted(r) == list(range(160)) for r in ch.tolist())
+        assert len(set(_engine.dram_map_many(T, inside).tolist())) == 1

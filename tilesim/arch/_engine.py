@@ -185,6 +185,7 @@ DramTables = namedtuple("DramTables", [
     "wr_lat",        # nCWL + nBL: write issue to data written
     "nREFI",         # refresh interval, cycles
     "exact_next",    # 1: find the next cycle by a second scan, not the lower bound (tests)
+    "ch_hash",       # 1: channel += address above the channel piece, mod n_ch (mapping.py)
     "n_win",         # window constraint rows (tFAW)
     "n_piece",       # address-mapping pieces
     "o_win",         # offset of the window rows in tab
@@ -211,6 +212,7 @@ def dram_map(T, addr):
     ba = 0
     row = 0
     col = 0
+    above = 0
     for k in range(n):
         r = tab[o + n + k]
         s = tab[o + 2 * n + k]
@@ -224,6 +226,7 @@ def dram_map(T, addr):
         f = tab[o + k]
         if f == 0:
             ch += v
+            above = a
         elif f == 1:
             bg += v
         elif f == 2:
@@ -232,6 +235,8 @@ def dram_map(T, addr):
             row += v
         else:
             col += v
+    if T.ch_hash:
+        ch = (ch + above) % T.n_ch
     return ch, bg, ba, row, col
 
 

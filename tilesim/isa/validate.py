@@ -499,6 +499,10 @@ def _memory(v: _View) -> list[tuple[int, str]]:
         out.append((i, f"multicast load to cores {dst_core[i]} + j * {stride[i]}, j < "
                        f"{count[i]}: the cores must be cores of the program (0 to "
                        f"{v.p.n_cores - 1}), with mc_stride >= 1 when mc_count > 1"))
+    most = cfg.cores.dma.multicast_cores
+    for i in np.flatnonzero(mcast & ~bad & (count > most)):
+        out.append((i, f"multicast load to mc_count={count[i]} cores: {cfg.name} multicasts "
+                       f"to at most cores.dma.multicast_cores = {most}"))
     for a in v.operands():
         if a.space == "dram" and cfg.memory is None:
             continue

@@ -103,6 +103,7 @@ class Emitter:
         self.fresh: set = set()
         self.sram_top = [0] * self.cores
         self.sram_size = cfg.cores.sram.size_bytes
+        self.matmul_only: dict | None = None    # plan_matmul's ``only``
 
     # ---- ops and barriers -----------------------------------------------------------------
     def begin(self, name: str) -> None:
@@ -181,10 +182,13 @@ class Emitter:
 
     # ---- instruction helpers --------------------------------------------------------------
     def load(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
-             heads=1, src_head=0, dst_head=0, final=False):
-        """DRAM -> SRAM: [heads x] rows x cols elements."""
+             heads=1, src_head=0, dst_head=0, final=False, dst_core=-1, mc_count=0,
+             mc_stride=0):
+        """DRAM -> SRAM: [heads x] rows x cols elements; into the SRAM of cores dst_core +
+        j * mc_stride, j < mc_count, instead of its own with dst_core >= 0 (a multicast)."""
         self._move(Op.LOAD, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
-                   heads, src_head, dst_head, final)
+                   heads, src_head, dst_head, final, dst_core=dst_core, mc_count=mc_count,
+                   mc_stride=mc_stride)
 
     def store(self, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait=(), signal=(),
               heads=1, src_head=0, dst_head=0, final=True):
@@ -193,12 +197,12 @@ class Emitter:
                    heads, src_head, dst_head, final)
 
     def _move(self, op, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
-              heads, src_head, dst_head, final):
+              heads, src_head, dst_head, final, **mc):
         e = _eb(dt)
         self.emit(core, Engine.DMA + dma, wait, signal, final, op=op, src_addr=src,
                   dst_addr=dst, shape=(1, heads, rows, cols),
                   src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
-                  dtype=_code(dt))
+                  dtype=_code(dt), **mc)
 
     def vop(self, core, vop, src, dst, rows, cols, src_row, dst_row, dt, dt2=None, src2=0,
             src2_row=0, flags=0, imm=0.0, wait=(), signal=()):
@@ -245,7 +249,8 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
-    plan = plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt, act_dt=act)
+    plan = plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt, act_dt=act,
+                       only=em.matmul_only)
     m, k, n = job.m, job.k, job.n
     w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
@@ -258,6 +263,9 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
         if weights is not None and t.name not in lay.values:
             src = weights[job.weight][c] if job.count > 1 else weights[job.weight]
             lay.values[t.name] = weight_strips(np.asarray(src), w)
+    if plan.gm * plan.gn > 1:
+        _emit_matmul_grid(em, job, plan, wt, wdt, act)
+        return
     units = [(c, mblk, j) for c in range(job.count) for mblk in range(m_blocks)
              for j in range(n_tiles)]
     conv_w = wdt != w_dt
@@ -359,6 +367,139 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                               + j * w)
             em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), job.y.row_bytes,
                      act, wait=[(outd, n_acc)], signal=[stored])
+
+
+def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act: str) -> None:
+    """emit_matmul with a multicast grid (mapping: *Multicast groups*). Groups of gm x gn cores
+    take contiguous runs of super-units (product, gm m-blocks, gn n-tiles); in each, core
+    (a, b) = base + a * gn + b computes m-block a and n-tile b. Per chunk of kl K-rows, X of
+    row a is read once and multicast to the row's active cores, W of column b to the column's;
+    each active core of the row (column) issues a share of the rows, rotating by chunk. Semaphores: xfull[a][slot] and
+    wfull[b][slot] count fills, empty[slot] counts every active core's use of a slot (a refill
+    waits for all of them), and per core conv, acc, out, stored as in the plain loop."""
+    sa = em.cfg.cores.systolic
+    in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
+    m, k, n = job.m, job.k, job.n
+    w, mb, kt, kl, gm, gn = plan.w, plan.mb, plan.kt, plan.kl, plan.gm, plan.gn
+    n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
+    supers = [(c, sm, sn) for c in range(job.count) for sm in range(ceil_div(m_blocks, gm))
+              for sn in range(ceil_div(n_tiles, gn))]
+    conv_w, conv_x = wdt != w_dt, act != in_dt
+    size = gm * gn
+    steps = ceil_div(k, kl)
+    x_row_stride = job.x.row_bytes * job.x_row_step
+    for grp, run in enumerate(split(len(supers), em.cores // size)):
+        if not len(run):
+            continue
+        base = grp * size
+        cores = range(base, base + size)
+        # every core of the group allocates alike, so a buffer has one address group-wide
+        buf = {}
+        for core in cores:
+            buf[core] = (
+                [em.alloc(core, nbytes(mb * kl, in_dt)) for _ in range(2)],
+                [em.alloc(core, nbytes(mb * kl, act)) for _ in range(2)] if conv_x else None,
+                [em.alloc(core, nbytes(kl * w, w_dt)) for _ in range(2)],
+                [em.alloc(core, nbytes(kl * w, wdt)) for _ in range(2)] if conv_w else None,
+                em.alloc(core, nbytes(mb * w, acc_dt)), em.alloc(core, nbytes(mb * w, act)))
+        xs, xraw, ws, wraw, acc, out = buf[base]
+        xdst = xraw if conv_x else xs
+        wdst = wraw if conv_w else ws
+        g = f"g{grp}"
+        xfull = [[em.sem(f"{g}.x{a}.full{s}") for s in (0, 1)] for a in range(gm)]
+        wfull = [[em.sem(f"{g}.w{b}.full{s}") for s in (0, 1)] for b in range(gn)]
+        empty = [em.sem(f"{g}.empty{s}") for s in (0, 1)]
+        per = {core: dict(conv=[em.sem(f"c{core}.conv{s}") for s in (0, 1)],
+                          accd=em.sem(f"c{core}.acc"), outd=em.sem(f"c{core}.out"),
+                          stored=em.sem(f"c{core}.stored"), n_acc=0, used=[0, 0])
+               for core in cores}
+        x_cnt = [[0, 0] for _ in range(gm)]
+        w_cnt = [[0, 0] for _ in range(gn)]
+        released = [0, 0]            # empty[slot] signals emitted so far
+        n_chunk = 0
+        for su in run:
+            c, sm, sn = supers[su]
+            na = min(gm, m_blocks - sm * gm)
+            nb = min(gn, n_tiles - sn * gn)
+            x_row = [job.x.at(job.x_rows[c % len(job.x_rows)] + (sm * gm + a) * mb
+                              * job.x_row_step, job.x_col[c % len(job.x_col)])
+                     for a in range(na)]
+            rows = [min(mb, m - (sm * gm + a) * mb) for a in range(na)]
+            wjs = [min(w, n - (sn * gn + b) * w) for b in range(nb)]
+            strips = [wt[c].addr + nbytes(k * (sn * gn + b) * w, wdt) for b in range(nb)]
+            for s in range(steps):
+                k0 = s * kl
+                kr = min(kl, k - k0)
+                slot = n_chunk % 2
+                dma = slot % max(1, em.dma)
+                refill = (empty[slot], released[slot]) if released[slot] else None
+                for a in range(na):           # X of row a: a share of its rows per core
+                    first = base + a * gn
+                    for p, (r0, r1) in enumerate(_shares(rows[a], nb)):
+                        em.load(first + (p + s) % nb, dma,
+                                x_row[a] + r0 * x_row_stride + nbytes(k0, act),
+                                xdst[slot] + r0 * nbytes(kr, act), r1 - r0, kr, x_row_stride,
+                                nbytes(kr, act), act, wait=[refill], signal=[xfull[a][slot]],
+                                dst_core=first, mc_count=nb, mc_stride=1)
+                        x_cnt[a][slot] += 1
+                for b in range(nb):           # W of column b: a share of its K-rows per core
+                    wj = wjs[b]
+                    for p, (r0, r1) in enumerate(_shares(kr, na)):
+                        em.load(base + ((p + s) % na) * gn + b, dma,
+                                strips[b] + nbytes((k0 + r0) * wj, wdt),
+                                wdst[slot] + nbytes(r0 * wj, wdt), 1, (r1 - r0) * wj, 0, 0, wdt,
+                                wait=[refill], signal=[wfull[b][slot]], dst_core=base + b,
+                                mc_count=na, mc_stride=gn)
+                        w_cnt[b][slot] += 1
+                for a in range(na):
+                    for b in range(nb):
+                        core = base + a * gn + b
+                        q = per[core]
+                        q["used"][slot] += 1
+                        xw, ww = (xfull[a][slot], x_cnt[a][slot]), (wfull[b][slot],
+                                                                    w_cnt[b][slot])
+                        if conv_w:
+                            em.vop(core, VecOp.CONVERT, wraw[slot], ws[slot], 1, kr * wjs[b],
+                                   0, 0, wdt, w_dt, wait=[ww],
+                                   signal=[] if conv_x else [q["conv"][slot]])
+                        if conv_x:
+                            em.vop(core, VecOp.CONVERT, xraw[slot], xs[slot], rows[a], kr,
+                                   nbytes(kr, act), nbytes(kr, in_dt), act, in_dt,
+                                   wait=[xw], signal=[q["conv"][slot]])
+                        cv = (q["conv"][slot], q["used"][slot])
+                        ldw_wait = [cv if conv_w else ww]
+                        mm_wait = [cv if conv_x else xw]
+                        if s == 0 and q["n_acc"]:
+                            mm_wait.append((q["outd"], q["n_acc"]))
+                        em.emit_block(core, Engine.MATRIX, _ldw_mm_run(
+                            kr, kt, wjs[b], rows[a], ws[slot], w_dt, xs[slot], 0,
+                            nbytes(kr, in_dt), in_dt, acc, acc_dt, ldw_wait, mm_wait, s == 0,
+                            [empty[slot]] + ([q["accd"]] if s == steps - 1 else [])))
+                released[slot] += na * nb
+                n_chunk += 1
+            for a in range(na):
+                for b in range(nb):
+                    core = base + a * gn + b
+                    q = per[core]
+                    q["n_acc"] += 1
+                    n_acc = q["n_acc"]
+                    em.vop(core, VecOp.CONVERT, acc, out, rows[a], wjs[b], nbytes(wjs[b], acc_dt),
+                           nbytes(wjs[b], act), acc_dt, act,
+                           wait=[(q["accd"], n_acc),
+                                 (q["stored"], n_acc - 1) if n_acc > 1 else None],
+                           signal=[q["outd"]])
+                    r0 = (sm * gm + a) * mb
+                    y_addr = job.y.at(job.y_rows[c % len(job.y_rows)] + r0,
+                                      job.y_col[c % len(job.y_col)] + (sn * gn + b) * w)
+                    em.store(core, em.dma - 1, out, y_addr, rows[a], wjs[b], nbytes(wjs[b], act),
+                             job.y.row_bytes, act, wait=[(q["outd"], n_acc)],
+                             signal=[q["stored"]])
+
+
+def _shares(rows: int, parts: int) -> list[tuple[int, int]]:
+    """``rows`` cut into at most ``parts`` contiguous (start, end) ranges, sizes differing by at
+    most one (the first ones larger)."""
+    return [(r.start, r.stop) for r in split(rows, min(parts, rows))]
 
 
 def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc, acc_dt,
@@ -861,13 +1002,17 @@ def _positions(phase: str, batch: int, context: int) -> np.ndarray:
 
 def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, context: int, *,
                   tokens: np.ndarray | None = None, weights: dict | None = None,
-                  kv_cache: list | None = None, name: str = "step") -> Compiled:
+                  kv_cache: list | None = None, name: str = "step",
+                  matmul_only: dict | None = None) -> Compiled:
     """Tile program for graph ``nodes`` (dicts of graph.py attributes, in execution order).
 
     ``weights`` (name -> float array, the convention of the tests' reference model) makes the
     layout carry their values for a functional run; ``kv_cache`` (per layer (K, V) of shape
-    [B, KV, S, hd]) fills the caches for a functional decode step."""
+    [B, KV, S, hd]) fills the caches for a functional decode step. ``matmul_only`` (MatmulPlan
+    field -> value, e.g. ``{"gm": 1, "gn": 1}`` for no multicast) limits every matmul's plan
+    search to plans with those values."""
     em = Emitter(cfg, name)
+    em.matmul_only = matmul_only
     lay = Layout()
     act, wdt, kvdt = spec.act_dtype, spec.weight_dtype, spec.kv_dtype
     T = batch * context if phase == "prefill" else batch

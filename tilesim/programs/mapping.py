@@ -10,16 +10,30 @@ Weights stream from DRAM in chunks of ``kl`` rows (several array-row steps per D
 buffered; X is either resident (its ``mb x k`` block loaded once per m-block and reused for
 every n-tile of the core) or streamed beside the weights.
 
-The search (:func:`plan_matmul`) is analytic: for every candidate (w, mb, kl, resident) that
-fits the SRAM with double buffering it estimates
+*Multicast groups.* Cores that work on the same m-block need the same X, cores on the same
+n-tile the same weights. With a grid of ``gm x gn`` cores (``gm * gn > 1``) a group works on
+``gm`` m-blocks times ``gn`` n-tiles at once, core (a, b) on m-block a and n-tile b: each X
+chunk is read from DRAM once and multicast to the ``gn`` cores of its row, each weight chunk
+once and multicast to the ``gm`` cores of its column (LOAD with dst_core, like H100 TMA
+multicast in a cluster or Tenstorrent's NoC multicast); ``gm * gn`` is at most
+``cores.dma.multicast_cores``, and every core of a row (column) issues a share of the row's X
+(the column's W) chunk, so no one DMA engine's outstanding requests limit a group. The cores of a group step through
+their chunks together: a slot is refilled when every core of the group has used it. X is
+streamed in this mode (never resident).
 
-    DRAM bytes = weight bytes x m-blocks + X bytes x (n-tiles per core, or 1 if resident)
+The search (:func:`plan_matmul`) is analytic: for every candidate (w, mb, kl, resident, gm,
+gn) that fits the SRAM with double buffering it estimates
+
+    DRAM bytes = weight bytes x ceil(m-blocks / gm)
+                 + X bytes x (ceil(n-tiles / gn), or the cores that load it if resident)
                  + Y bytes
     time      >= max(DRAM bytes / peak DRAM bandwidth,
                      per-core MM streaming cycles of its busiest core)
 
-and keeps the fastest, then the one with the least DRAM traffic. It looks at a few dozen
-candidates, well under a millisecond per op.
+and keeps the fastest, then the one with the least DRAM traffic. A multicast grid must beat
+the best plan without one by ``MCAST_GAIN`` of the estimated time: groups step in lockstep,
+which the estimate does not see, so a grid that only trims a little X traffic (batch-1
+decode) is not worth it. It looks at a few hundred candidates, a few milliseconds per op.
 """
 from __future__ import annotations
 
@@ -29,6 +43,9 @@ from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
 
 ALIGN = 256
+MCAST_GAIN = 0.05
+"""A multicast grid is chosen only when its time estimate is at least this fraction lower than
+the best plan without one."""
 
 
 def nbytes(elements: int, dtype: str) -> int:
@@ -50,6 +67,8 @@ class MatmulPlan:
     sram_bytes: int     # per core, with double buffering
     dram_bytes: int     # estimated traffic
     est_cycles: float   # the estimate the search minimised
+    gm: int = 1         # multicast grid: m-blocks per group (weights multicast to gm cores)
+    gn: int = 1         # n-tiles per group (X multicast to gn cores)
 
 
 def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None) -> int:
@@ -69,16 +88,25 @@ def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None)
 
 
 def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: str,
-                w_dt: str, act_dt: str) -> MatmulPlan:
-    """The best plan for ``count`` products of ``m x k @ k x n`` on ``cfg``."""
+                w_dt: str, act_dt: str, only: dict | None = None) -> MatmulPlan:
+    """The best plan for ``count`` products of ``m x k @ k x n`` on ``cfg``; with ``only``
+    (MatmulPlan field -> value) the best among the plans with those values (what-if studies and
+    tests: ``{"gm": 1, "gn": 1}`` is the best plan without multicast)."""
+    only = only or {}
+
+    def allowed(**f) -> bool:
+        return all(f[key] == v for key, v in only.items() if key in f)
+
     sa = cfg.cores.systolic
     rows, cols = sa.rows, sa.cols
     acc_dt = sa.acc_dtype
     cores = cfg.cores.count
     size = cfg.cores.sram.size_bytes
     kt = min(rows, k)
+    mcast = cfg.cores.dma.multicast_cores    # the largest group that may share a tile
     peak = dram_bytes_per_cycle(cfg)
-    best = None
+    best = None       # without multicast
+    best_mc = None    # with a multicast grid
     widths = sorted({min(cols, n)} | {w for w in (cols // 2, cols // 4, cols // 8)
                                       if w >= 8 and w < n})
     mbs = sorted({min(m, x) for x in (m, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 1)})
@@ -96,6 +124,8 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                                      acc_dt, act_dt, w_store=w_dt)
                     if need > size:
                         continue
+                    if not allowed(w=w, mb=mb, kl=kl):
+                        continue
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
                     # resident X is loaded once per (core, m-block) it works on
                     x_copies = min(used, n_tiles * count) if resident else n_tiles
@@ -106,14 +136,47 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                     mm = per_core * k_steps * (mb + rows)      # rows stream + ldw per step
                     est = max(dram / peak, mm)
                     key = (est, dram, -w, -kl)
-                    if best is None or key < best[0]:
+                    if allowed(resident=resident, gm=1, gn=1) and (best is None
+                                                                   or key < best[0]):
                         best = (key, MatmulPlan(w, mb, kt, kl, resident, used, units, need,
                                                 int(dram), float(est)))
+                    if resident:
+                        continue
+                    for gm, gn in _grids(m_blocks, n_tiles, min(cores, mcast)):
+                        if not allowed(gm=gm, gn=gn):
+                            continue
+                        groups = cores // (gm * gn)
+                        supers = count * -(-m_blocks // gm) * -(-n_tiles // gn)
+                        dram = (count * nbytes(k * n, w_dt) * -(-m_blocks // gm)
+                                + count * nbytes(m * k, act_dt) * -(-n_tiles // gn) + ybytes)
+                        mm = -(-supers // groups) * k_steps * (mb + rows)
+                        est = max(dram / peak, mm)
+                        key = (est, dram, -w, -kl, gm * gn)
+                        if best_mc is None or key < best_mc[0]:
+                            used = min(cores, supers * gm * gn, groups * gm * gn)
+                            best_mc = (key, MatmulPlan(w, mb, kt, kl, False, used, units, need,
+                                                       int(dram), float(est), gm, gn))
+    if best_mc is not None and (best is None or
+                                best_mc[1].est_cycles <= (1 - MCAST_GAIN) * best[1].est_cycles):
+        return best_mc[1]
     if best is None:
         from tilesim.errors import InputError
+        if only:
+            raise InputError(f"{cfg.name}: no plan of a {m} x {k} @ {k} x {n} matmul has "
+                             f"{only} (fields of MatmulPlan; grids: gm <= m-blocks, gn <= "
+                             f"n-tiles, gm * gn <= cores)")
         raise InputError(f"{cfg.name}: a {m} x {k} @ {k} x {n} matmul does not fit "
                          f"cores.sram.size_bytes = {size} even with one-row tiles")
     return best[1]
+
+
+def _grids(m_blocks: int, n_tiles: int, cores: int) -> list[tuple[int, int]]:
+    """Multicast grids (gm, gn) worth trying: powers of two and the exact block and tile counts,
+    no larger than those counts, of at most ``cores`` cores, not 1 x 1 (none if cores < 2)."""
+    def sizes(limit):
+        return sorted({x for x in (1, 2, 4, 8, 16, 32, 64, 128, 256, limit) if x <= limit})
+    return [(gm, gn) for gm in sizes(m_blocks) for gn in sizes(n_tiles)
+            if 1 < gm * gn <= cores]
 
 
 def dram_bytes_per_cycle(cfg: ChipConfig) -> float:

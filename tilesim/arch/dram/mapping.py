@@ -15,6 +15,13 @@ in one channel and row, then moves to the next channel; consecutive 512 B chunks
 fall in different bank groups (tCCD_S, not tCCD_L, between them), then banks, then the rest of
 the row. So a stream spreads over every channel at once and a request of up to 512 B is served
 by one row of one bank (the chip loop's DMA must not cross a ``chunk_bytes`` boundary).
+
+With ``controller.channel_hash`` the channel becomes (channel + A) mod channels, A being the
+address above the (last) channel piece: a permutation of the channels for every A, so a stream
+still spreads evenly and a chunk still sits in one channel, but a power-of-two stride (the rows
+of a row-major matrix) no longer camps on channels / gcd(stride, channels) of them (like the
+XOR hashing of GPU memory controllers; Zhang, Zhu and Zhang, "A permutation-based page
+interleaving scheme", MICRO 2000, for the idea).
 """
 from __future__ import annotations
 
