@@ -628,9 +628,11 @@ def evaluate_point(evaluator: str, config_dict: dict, model: dict, workload: dic
         fn = load_evaluator(evaluator)
         chip = _config.from_dict(config_dict, "")
         spec = ModelSpec(**model)
+        # progress=False: tilesim.simulate draws its own bar on a terminal's stderr, which
+        # here (or in a worker sharing the terminal) would write over the sweep's bar
         res = fn(chip, spec, workload["phase"], workload["batch"], workload["context"],
                  all_layers=workload.get("all_layers", False),
-                 ignore_capacity=workload.get("ignore_capacity", False))
+                 ignore_capacity=workload.get("ignore_capacity", False), progress=False)
         summary = res.summary() if hasattr(res, "summary") else res
         if not isinstance(summary, Mapping):
             raise TypeError(f"evaluator {evaluator} returned {type(summary).__name__}, "
