@@ -273,3 +273,34 @@ def test_multicast_matmul_grid_equals_numpy_and_reads_each_block_once_per_group(
             + nbytes(m * k, act) * ceil_div(ceil_div(n, only["w"]), gn))
     assert stats.dram_read_bytes == want
     assert (stats.dma_requests["multicast"] > 0) == (gm * gn > 1)
+
+
+@pytest.mark.slow
+def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
+    """Decode against batch on h100-like-hbm3 (a llama-shaped model of d_model 2048, so a point
+    takes seconds; context 16, so weights dominate the traffic). The roofline says a step takes
+    max(weight bytes / B, b x MACs per token / P): flat until the knee b* = s x P / B (s = 2
+    bytes per bf16 weight; 296 here), then linear. The simulator must show the shape: flat
+    (batch 16 within 15% of batch 1), then linear (doubling 512 -> 1024 costs at least 1.6x),
+    never below the roofline, and the knee (where the flat level meets the line through the two
+    largest batches) within [b*/8, 2 b*]. It lands near b*/4 today: past batch ~64 the grid
+    matmuls keep the arrays only ~30% busy (two buffer slots per lockstep group of 16 cores,
+    a 32-cycle weight load per k-step), so compute-bound time starts early (issue-6 note)."""
+    from tilesim.arch import dram
+    cfg = config.load("h100-like-hbm3")
+    spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
+                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+    peak_bpc = dram.peak_gbps(cfg.memory) / cfg.clock_ghz
+    knee_roof = 2 * cfg.peak_macs_per_cycle / peak_bpc
+    t = {}
+    for b in (1, 16, 512, 1024):
+        r = simulate(cfg, spec, "decode", b, 16, progress=False)
+        t[b] = r.cycles
+        floor = max(spec.weight_bytes() / peak_bpc,
+                    spec.macs("decode", b, 16) / cfg.peak_macs_per_cycle)
+        assert r.cycles >= floor
+    assert t[16] <= 1.15 * t[1]
+    assert t[1024] >= 1.6 * t[512]
+    slope = (t[1024] - t[512]) / 512
+    knee = 1024 - (t[1024] - t[1]) / slope
+    assert knee_roof / 8 <= knee <= 2 * knee_roof, (knee, knee_roof, t)

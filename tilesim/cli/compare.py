@@ -24,7 +24,10 @@ from pathlib import Path
 from tilesim.cli import print_json
 from tilesim.errors import InputError, TilesimError
 
-DEFAULT_CONTEXT = 2048
+DEFAULT_CONTEXT = 512
+"""Prompt / KV length when --context is not given: long enough that a llama-3-8b prefill on the
+blackhole-like twins does 256 MACs per weight byte, short enough that the pair's compare (two
+prefills and two decodes) runs in about three minutes on a 2-core machine."""
 COMPONENTS = ("mac", "sram", "noc", "vector", "dram", "static")
 
 
