@@ -584,14 +584,23 @@ def _dram_step(T, S, ch, t):
         best = never
         n_col = 0                                       # ready at t
         min_col = never                                 # earliest of those not ready
+        # unsigned indices: numba then skips its negative-index wraparound (the hot loop)
+        kgC = kg0 + C
+        kbC = kb0 + C
+        lb5 = lb + 5
         m = hits
         while m != 0:
             b = trailing_zeros(m)
             m &= m - 1
-            r = max(okC, max(buf[kg0 + 8 * (b >> sh) + C], buf[kb0 + 8 * b + C]))
+            r = buf[np.uint64(kgC + 8 * (b >> sh))]
+            v = buf[np.uint64(kbC + 8 * b)]
+            if v > r:
+                r = v
+            if okC > r:
+                r = okC
             if r <= t:
                 n_col += 1
-                s = buf[lb + 8 * b + 5]                 # age of the bank's oldest hit
+                s = buf[np.uint64(lb5 + 8 * b)]         # age of the bank's oldest hit
                 if s < best:
                     best = s
                     col_b = b
@@ -613,16 +622,17 @@ def _dram_step(T, S, ch, t):
         while m != 0:
             b = trailing_zeros(m)
             m &= m - 1
-            if buf[kb0 + 8 * b + 5] < 0:
+            kb = kb0 + 8 * b
+            if buf[np.uint64(kb + 5)] < 0:
                 cmd = 0
                 r = okA
             else:
                 cmd = 1
                 r = okP
-            v = buf[kg0 + 8 * (b >> sh) + cmd]
+            v = buf[np.uint64(kg0 + 8 * (b >> sh) + cmd)]
             if v > r:
                 r = v
-            v = buf[kb0 + 8 * b + cmd]
+            v = buf[np.uint64(kb + cmd)]
             if v > r:
                 r = v
             if r <= t:
@@ -630,7 +640,7 @@ def _dram_step(T, S, ch, t):
                     n_act += 1
                 else:
                     n_pre += 1
-                s = buf[oe + 8 * buf[lb + 8 * b] + 5]
+                s = buf[np.uint64(oe + 8 * buf[np.uint64(lb + 8 * b)] + 5)]
                 if s < best:
                     best = s
                     row_b = b
@@ -932,7 +942,7 @@ def dram_service(T, S, ch, now):
     return tn
 
 
-@njit(cache=True, error_model="numpy", _nrt=False)
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def dram_pop_done(S):
     """Next finished request id from the done FIFO, or -1 when it is empty."""
     buf = S.buf
@@ -1298,9 +1308,13 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
     """Progressive filling over the streams of one core's active list starting at ``head``.
 
     Every stream's rate rises together until its nominal rate or a saturated bank stops it.
-    ``scratch`` is a float64[2 * n_banks + streams] work array."""
+    Rates and ``cap`` are bytes/cycle. ``scratch`` is a float64[2 * n_banks + streams] work
+    array. Loops visit only a stream's set bank bits, in ascending bank order, and each bank
+    sums its streams in list order: the same floating-point operations, in the same order, as
+    a walk over every bank."""
     load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
     share = scratch[n_banks:2 * n_banks]
+    one = np.uint64(1)
     load[:] = 0.0
     s = head
     while s >= 0:
@@ -1313,11 +1327,11 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
         while s >= 0:
             if st_rate[s] < 0.0:
                 any_open = True
-                nb = _popcount(st_mask[s])
                 m = st_mask[s]
-                for b in range(n_banks):
-                    if (m >> np.uint64(b)) & np.uint64(1):
-                        share[b] += 1.0 / nb
+                inv = 1.0 / max(_popcount(m), 1)    # (no bank: no share)
+                while m:
+                    share[trailing_zeros(m)] += inv
+                    m &= m - one
             s = st_next[s]
         if not any_open:
             return
@@ -1341,11 +1355,12 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
                 freeze = st_nom[s] <= level * (1.0 + 1e-12)
                 if not freeze:
                     m = st_mask[s]
-                    for b in range(n_banks):
-                        if (m >> np.uint64(b)) & np.uint64(1):
-                            if share[b] > 0.0 and (cap - load[b]) / share[b] <= level * (1.0 + 1e-12):
-                                freeze = True
-                                break
+                    while m:
+                        b = trailing_zeros(m)
+                        m &= m - one
+                        if share[b] > 0.0 and (cap - load[b]) / share[b] <= level * (1.0 + 1e-12):
+                            freeze = True
+                            break
                 if freeze:
                     st_rate[s] = level
             s = st_next[s]
@@ -1354,11 +1369,11 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
         s = head
         while s >= 0:
             if st_rate[s] >= 0.0:
-                nb = _popcount(st_mask[s])
                 m = st_mask[s]
-                for b in range(n_banks):
-                    if (m >> np.uint64(b)) & np.uint64(1):
-                        load[b] += st_rate[s] / nb
+                x = st_rate[s] / max(_popcount(m), 1)
+                while m:
+                    load[trailing_zeros(m)] += x
+                    m &= m - one
             s = st_next[s]
 
 
