@@ -31,8 +31,8 @@ def coalesce(instrs: np.ndarray, elem_bits: np.ndarray) -> np.ndarray:
     both sides; dimensions of extent 1 are skipped over. Packed (sub-byte) types are left
     alone. Bytes moved and addresses touched do not change, only the number of runs."""
     if instrs.flags.c_contiguous:     # copy as bytes: ndarray.copy of the packed record dtype
-        out = np.empty_like(instrs)   # goes field by field, 12x slower (0.25 s on an LM head)
-        out.view(np.uint8)[...] = instrs.view(np.uint8)
+        out = np.empty_like(instrs)   # goes field by field, 2.5x slower (0.053 vs 0.021 s for
+        out.view(np.uint8)[...] = instrs.view(np.uint8)   # an LM head's 533 K instructions)
     else:
         out = np.ascontiguousarray(instrs)
     dma = np.isin(out["op"], DMA_OPS)
