@@ -124,7 +124,15 @@ Layout. Within ``S.buf`` (each record's fields at ``base + k``):
     bank         o_bk + 8*(ch*NB + bank): 0-4 earliest cycle per command, 5 open row (-1),
                                 6 kind of the next column access (0 hit, 1 miss, 2 conflict),
                                 7 the last PRE closed a row for a conflict.
-    bank group   o_bg + 8*(ch*NBG + g): 0-4 earliest cycle per command.
+    bank group   o_bg + 8*(ch*NBG + g): 0-4 earliest cycle per command, 5/6 the latest
+                                bank-level RD / WR earliest cycle over its banks (the scan
+                                takes a group whole when no bank is later than the group).
+    hot block    o_hot + hot_w*ch: what the column scan reads, packed (a few cache lines a
+                                channel, not one per bank): + j*NB + bank (j 0 RD, 1 WR): copies
+                                of bank fields 2 and 3; + (2 + type)*NB + bank: copies of bank
+                                list field 5 (age of its oldest hit); + 4*NB + 2*(type*NBG + g):
+                                the group's oldest row hit of that type (age, 2**62 if none)
+                                and its bank (-1).
     channel      o_chn + 24*ch: 0-4 earliest cycle per command, 5 mode (0 reads, 1 write
                                 drain), 6 refresh pending, 7 refresh due, 8 a bank open since,
                                 9 age counter, 10 next cycle of interest, 11 idle, 12 open-bank
@@ -196,7 +204,8 @@ DramTables = namedtuple("DramTables", [
 DramState = namedtuple("DramState", [
     "buf",           # int64[]: all mutable state (module doc)
     "n_ent", "win_w", "o_ent", "o_free", "o_bl", "o_bk", "o_bg", "o_chn", "o_win", "o_cnt",
-    "o_glob", "o_comp", "o_enq", "o_done", "req_cap", "o_trace", "trace_cap",
+    "o_glob", "o_comp", "o_enq", "o_done", "req_cap", "o_trace", "trace_cap", "o_hot",
+    "hot_w",
 ])
 
 
@@ -358,6 +367,10 @@ def _dram_issue(T, S, ch, b, cmd, t, row, col):
             v = t + tab[50 + cmd * 5 + f]
             if v > buf[k0 + f]:
                 buf[k0 + f] = v
+                if f >= 2 and f <= 3:
+                    buf[S.o_hot + S.hot_w * ch + (f - 2) * T.n_banks + b] = v
+                    if v > buf[g0 + 3 + f]:
+                        buf[g0 + 3 + f] = v             # the group's latest bank RD / WR
     else:
         # a channel-wide command (REF) constrains every bank group and bank of the channel
         for g1 in range(ch * T.n_bg, (ch + 1) * T.n_bg):
@@ -370,6 +383,12 @@ def _dram_issue(T, S, ch, b, cmd, t, row, col):
                 v = t + tab[50 + cmd * 5 + f]
                 if v > buf[S.o_bk + 8 * k + f]:
                     buf[S.o_bk + 8 * k + f] = v
+            g1 = S.o_bg + 8 * (k >> T.bpg_shift)
+            for f in range(2, 4):
+                buf[S.o_hot + S.hot_w * ch + (f - 2) * T.n_banks + k - ch * T.n_banks] = \
+                    buf[S.o_bk + 8 * k + f]
+                if buf[S.o_bk + 8 * k + f] > buf[g1 + 3 + f]:
+                    buf[g1 + 3 + f] = buf[S.o_bk + 8 * k + f]
     nw = T.n_win
     W1 = S.win_w + 1
     for w in range(nw):
@@ -396,6 +415,29 @@ def _dram_issue(T, S, ch, b, cmd, t, row, col):
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
+def _dram_group_oldest(T, S, ch, typ, g):
+    """Cache the oldest row hit of type ``typ`` over the banks of bank group ``g``: its age and
+    its bank (-1: no hit), from the banks' own oldest hits. Called wherever a bank's hit bit
+    or oldest hit changes, so the scan in ``_dram_step`` can take a whole group at once."""
+    buf = S.buf
+    c0 = S.o_chn + 24 * ch
+    h0 = S.o_hot + S.hot_w * ch
+    ages = h0 + (2 + typ) * T.n_banks
+    hits = buf[c0 + 19 + typ]
+    best = 1 << 62
+    bb = -1
+    for b in range(g << T.bpg_shift, (g + 1) << T.bpg_shift):
+        if (hits >> b) & 1:
+            s = buf[ages + b]
+            if s < best:
+                best = s
+                bb = b
+    o = h0 + 4 * T.n_banks + 2 * (typ * T.n_bg + g)
+    buf[o] = best
+    buf[o + 1] = bb
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _dram_count_hits(T, S, ch, typ, b, row):
     """Queued entries of ``typ`` in bank ``b`` whose row is ``row``; sets the hit bit."""
     buf = S.buf
@@ -418,11 +460,13 @@ def _dram_count_hits(T, S, ch, typ, b, row):
     buf[lo + 4] = first_prev
     if first >= 0:
         buf[lo + 5] = buf[S.o_ent + 8 * first + 5]
+        buf[S.o_hot + S.hot_w * ch + (2 + typ) * T.n_banks + b] = buf[lo + 5]
     c0 = S.o_chn + 24 * ch
     if n > 0:
         buf[c0 + 19 + typ] |= 1 << b
     else:
         buf[c0 + 19 + typ] &= ~(1 << b)
+    _dram_group_oldest(T, S, ch, typ, b >> T.bpg_shift)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -453,7 +497,9 @@ def _dram_precharge(T, S, ch, b, t, kind):
     for typ in range(2):
         buf[S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b) + 2] = 0
         buf[S.o_bl + 8 * ((ch * 2 + typ) * T.n_banks + b) + 3] = -1
-        buf[c0 + 19 + typ] &= ~(1 << b)
+        if (buf[c0 + 19 + typ] >> b) & 1:
+            buf[c0 + 19 + typ] &= ~(1 << b)
+            _dram_group_oldest(T, S, ch, typ, b >> T.bpg_shift)
     buf[c0 + 12] &= ~(1 << b)
     n0 = S.o_cnt + 16 * ch
     if buf[c0 + 12] == 0:
@@ -561,6 +607,7 @@ def _dram_step(T, S, ch, t):
     lb = S.o_bl + 8 * (ch * 2 + typ) * NB               # this type's bank lists
     kb0 = S.o_bk + 8 * ch * NB
     kg0 = S.o_bg + 8 * ch * T.n_bg
+    h0 = S.o_hot + S.hot_w * ch
     oe = S.o_ent
     sh = T.bpg_shift
     nwin = T.n_win
@@ -589,19 +636,53 @@ def _dram_step(T, S, ch, t):
         best = never
         n_col = 0                                       # ready at t
         min_col = never                                 # earliest of those not ready
-        m = hits
-        while m != 0:
-            b = trailing_zeros(m)
-            m &= m - 1
-            r = max(okC, max(buf[kg0 + 8 * (b >> sh) + C], buf[kb0 + 8 * b + C]))
-            if r <= t:
-                n_col += 1
-                s = buf[lb + 8 * b + 5]                 # age of the bank's oldest hit
-                if s < best:
-                    best = s
-                    col_b = b
-            elif r < min_col:
-                min_col = r
+        # One bank group at a time. A bank's readiness is max(okC, its group's, its own);
+        # when no bank of the group is constrained past max(okC, the group's) (group word
+        # 3 + C keeps the latest bank-level RD / WR cycle of its banks), every hitting bank
+        # of the group is ready at that one cycle, and the group's cached oldest hit
+        # (_dram_group_oldest) is the candidate: ages are unique, so the pick, the count and
+        # the earliest cycle are the bank-by-bank scan's. Unsigned indices: numba then skips
+        # its negative-index wraparound.
+        kgC = kg0 + C
+        kbC = h0 + typ * NB                             # banks' C readiness (hot copies)
+        lb5 = h0 + (2 + typ) * NB                       # banks' oldest-hit ages (hot copies)
+        gh = h0 + 4 * NB + 2 * typ * T.n_bg
+        bpg = T.n_bpg
+        gmask = (1 << bpg) - 1
+        for g in range(T.n_bg):
+            hg = (hits >> (g << sh)) & gmask
+            if hg == 0:
+                continue
+            gate = buf[np.uint64(kgC + 8 * g)]
+            if okC > gate:
+                gate = okC
+            if buf[np.uint64(kg0 + 8 * g + 3 + C)] <= gate:
+                if gate <= t:
+                    while hg != 0:
+                        hg &= hg - 1
+                        n_col += 1
+                    s = buf[np.uint64(gh + 2 * g)]
+                    if s < best:
+                        best = s
+                        col_b = buf[np.uint64(gh + 2 * g + 1)]
+                elif gate < min_col:
+                    min_col = gate
+                continue
+            m = hg << (g << sh)
+            while m != 0:
+                b = trailing_zeros(m)
+                m &= m - 1
+                r = buf[np.uint64(kbC + b)]
+                if gate > r:
+                    r = gate
+                if r <= t:
+                    n_col += 1
+                    s = buf[np.uint64(lb5 + b)]         # age of the bank's oldest hit
+                    if s < best:
+                        best = s
+                        col_b = b
+                elif r < min_col:
+                    min_col = r
         if col_b >= 0:
             col_e = buf[lb + 8 * col_b + 3]
             col_prev = buf[lb + 8 * col_b + 4]
@@ -618,16 +699,17 @@ def _dram_step(T, S, ch, t):
         while m != 0:
             b = trailing_zeros(m)
             m &= m - 1
-            if buf[kb0 + 8 * b + 5] < 0:
+            kb = kb0 + 8 * b
+            if buf[np.uint64(kb + 5)] < 0:
                 cmd = 0
                 r = okA
             else:
                 cmd = 1
                 r = okP
-            v = buf[kg0 + 8 * (b >> sh) + cmd]
+            v = buf[np.uint64(kg0 + 8 * (b >> sh) + cmd)]
             if v > r:
                 r = v
-            v = buf[kb0 + 8 * b + cmd]
+            v = buf[np.uint64(kb + cmd)]
             if v > r:
                 r = v
             if r <= t:
@@ -635,7 +717,7 @@ def _dram_step(T, S, ch, t):
                     n_act += 1
                 else:
                     n_pre += 1
-                s = buf[oe + 8 * buf[lb + 8 * b] + 5]
+                s = buf[np.uint64(oe + 8 * buf[np.uint64(lb + 8 * b)] + 5)]
                 if s < best:
                     best = s
                     row_b = b
@@ -701,6 +783,10 @@ def _dram_step(T, S, ch, t):
                 v = t + tab[50 + C * 5 + f]
                 if v > buf[k0 + f]:
                     buf[k0 + f] = v
+                    if f >= 2 and f <= 3:
+                        buf[h0 + (f - 2) * NB + b] = v
+                        if v > buf[g0 + 3 + f]:
+                            buf[g0 + 3 + f] = v
             for w in range(nwin):
                 if (tab[T.o_win + w] >> C) & 1:
                     base = S.o_win + (w * T.n_ch + ch) * W1
@@ -756,6 +842,8 @@ def _dram_step(T, S, ch, t):
                     buf[lo + 3] = x
                     buf[lo + 4] = p
                     buf[lo + 5] = buf[oe + 8 * x + 5]
+                    buf[h0 + (2 + typ) * NB + b] = buf[lo + 5]
+                _dram_group_oldest(T, S, ch, typ, b >> sh)
                 fb = S.o_free + ch * (T.rq_cap + T.wq_cap) + (T.rq_cap if typ == 1 else 0)
                 buf[fb + buf[c0 + 15 + typ]] = col_e
                 buf[c0 + 15 + typ] += 1
@@ -890,12 +978,18 @@ def _dram_enqueue(T, S, req, addr, nbytes, is_write, now):
     buf[lo + 1] = e
     buf[c0 + 17 + typ] |= 1 << b
     if buf[S.o_bk + 8 * (ch * T.n_banks + b) + 5] == row:
-        if buf[lo + 2] == 0:
+        buf[lo + 2] += 1
+        if buf[lo + 2] == 1:
             buf[lo + 3] = e
             buf[lo + 4] = tail
             buf[lo + 5] = buf[e0 + 5]
-        buf[lo + 2] += 1
-        buf[c0 + 19 + typ] |= 1 << b
+            buf[c0 + 19 + typ] |= 1 << b
+            h0 = S.o_hot + S.hot_w * ch
+            buf[h0 + (2 + typ) * T.n_banks + b] = buf[e0 + 5]
+            o = h0 + 4 * T.n_banks + 2 * (typ * T.n_bg + bg)
+            if buf[o + 1] < 0:                          # the youngest: oldest only if alone
+                buf[o] = buf[e0 + 5]
+                buf[o + 1] = b
     buf[S.o_enq + req] = now
     buf[S.o_comp + req] = -1
     return e
@@ -937,7 +1031,7 @@ def dram_service(T, S, ch, now):
     return tn
 
 
-@njit(cache=True, error_model="numpy", _nrt=False)
+@njit(cache=True, error_model="numpy", _nrt=False, inline="always")
 def dram_pop_done(S):
     """Next finished request id from the done FIFO, or -1 when it is empty."""
     buf = S.buf
@@ -1303,9 +1397,13 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
     """Progressive filling over the streams of one core's active list starting at ``head``.
 
     Every stream's rate rises together until its nominal rate or a saturated bank stops it.
-    ``scratch`` is a float64[2 * n_banks + streams] work array."""
+    Rates and ``cap`` are bytes/cycle. ``scratch`` is a float64[2 * n_banks + streams] work
+    array. Loops visit only a stream's set bank bits, in ascending bank order, and each bank
+    sums its streams in list order: the same floating-point operations, in the same order, as
+    a walk over every bank."""
     load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
     share = scratch[n_banks:2 * n_banks]
+    one = np.uint64(1)
     load[:] = 0.0
     s = head
     while s >= 0:
@@ -1318,11 +1416,11 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
         while s >= 0:
             if st_rate[s] < 0.0:
                 any_open = True
-                nb = _popcount(st_mask[s])
                 m = st_mask[s]
-                for b in range(n_banks):
-                    if (m >> np.uint64(b)) & np.uint64(1):
-                        share[b] += 1.0 / nb
+                inv = 1.0 / max(_popcount(m), 1)    # (no bank: no share)
+                while m:
+                    share[trailing_zeros(m)] += inv
+                    m &= m - one
             s = st_next[s]
         if not any_open:
             return
@@ -1346,11 +1444,12 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
                 freeze = st_nom[s] <= level * (1.0 + 1e-12)
                 if not freeze:
                     m = st_mask[s]
-                    for b in range(n_banks):
-                        if (m >> np.uint64(b)) & np.uint64(1):
-                            if share[b] > 0.0 and (cap - load[b]) / share[b] <= level * (1.0 + 1e-12):
-                                freeze = True
-                                break
+                    while m:
+                        b = trailing_zeros(m)
+                        m &= m - one
+                        if share[b] > 0.0 and (cap - load[b]) / share[b] <= level * (1.0 + 1e-12):
+                            freeze = True
+                            break
                 if freeze:
                     st_rate[s] = level
             s = st_next[s]
@@ -1359,11 +1458,11 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
         s = head
         while s >= 0:
             if st_rate[s] >= 0.0:
-                nb = _popcount(st_mask[s])
                 m = st_mask[s]
-                for b in range(n_banks):
-                    if (m >> np.uint64(b)) & np.uint64(1):
-                        load[b] += st_rate[s] / nb
+                x = st_rate[s] / max(_popcount(m), 1)
+                while m:
+                    load[trailing_zeros(m)] += x
+                    m &= m - one
             s = st_next[s]
 
 

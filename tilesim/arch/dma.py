@@ -30,7 +30,11 @@ def coalesce(instrs: np.ndarray, elem_bits: np.ndarray) -> np.ndarray:
     sides (stride[3] = element bytes, or shape[3] = 1) and stride[d] = extent of the run on
     both sides; dimensions of extent 1 are skipped over. Packed (sub-byte) types are left
     alone. Bytes moved and addresses touched do not change, only the number of runs."""
-    out = instrs.copy()
+    if instrs.flags.c_contiguous:     # copy as bytes: ndarray.copy of the packed record dtype
+        out = np.empty_like(instrs)   # goes field by field, 2.5x slower (0.053 vs 0.021 s for
+        out.view(np.uint8)[...] = instrs.view(np.uint8)   # an LM head's 533 K instructions)
+    else:
+        out = np.ascontiguousarray(instrs)
     dma = np.isin(out["op"], DMA_OPS)
     bits = elem_bits[out["dtype"]]
     sel = np.nonzero(dma & (bits >= 8))[0]

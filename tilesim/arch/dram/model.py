@@ -144,8 +144,10 @@ def new_state(system: DramSystem, req_capacity: int, trace_capacity: int = 0):
     W = int(T.tab[T.o_win + 2 * T.n_win: T.o_win + 3 * T.n_win].max()) if T.n_win else 1
     req_capacity = max(1, int(req_capacity))
     trace_capacity = max(0, int(trace_capacity))
+    hot_w = -(-(4 * NB + 4 * NBG) // 8) * 8        # a channel's hot block, whole cache lines
     sizes = [("o_ent", 8 * n_ent), ("o_free", n_ent), ("o_bl", 8 * n_ch * 2 * NB),
-             ("o_bk", 8 * n_ch * NB), ("o_bg", 8 * n_ch * NBG), ("o_chn", 24 * n_ch),
+             ("o_bk", 8 * n_ch * NB), ("o_bg", 8 * n_ch * NBG), ("o_hot", hot_w * n_ch),
+             ("o_chn", 24 * n_ch),
              ("o_win", max(T.n_win, 1) * n_ch * (W + 1)), ("o_cnt", 16 * n_ch), ("o_glob", 4),
              ("o_comp", req_capacity), ("o_enq", req_capacity), ("o_done", req_capacity),
              ("o_trace", 7 * trace_capacity)]
@@ -159,12 +161,14 @@ def new_state(system: DramSystem, req_capacity: int, trace_capacity: int = 0):
     skip = (-raw.ctypes.data % 64) // 8
     buf = raw[skip:skip + at]
     S = DramState(buf=buf, n_ent=n_ent, win_w=W, req_cap=req_capacity,
-                  trace_cap=trace_capacity, **off)
+                  trace_cap=trace_capacity, hot_w=hot_w, **off)
     v = views(system, S)
     v["entries"][:, 6] = -1
     v["free"][:] = np.arange(n_ent)               # each (channel, type) region its own stack
     v["bank_lists"][:, [0, 1, 3, 4]] = -1
     v["banks"][:, 5] = -1
+    hot = buf[S.o_hot:S.o_hot + hot_w * n_ch].reshape(n_ch, hot_w)
+    hot[:, 4 * NB:4 * NB + 4 * NBG].reshape(n_ch, -1, 2)[:] = (2**62, -1)   # groups: no hit
     ref_first = T.nREFI - (np.arange(n_ch, dtype=np.int64) * T.nREFI) // n_ch
     chn = v["channels"]
     chn[:, 7] = ref_first                         # refresh due
