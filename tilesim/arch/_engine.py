@@ -1398,12 +1398,13 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
 
     Every stream's rate rises together until its nominal rate or a saturated bank stops it.
     Rates and ``cap`` are bytes/cycle. ``scratch`` is a float64[2 * n_banks + streams] work
-    array. Loops visit only a stream's set bank bits, in ascending bank order, and each bank
-    sums its streams in list order: the same floating-point operations, in the same order, as
-    a walk over every bank."""
+    array. Loops visit only a stream's set bank bits below ``n_banks`` (a stream's share
+    divides by all its bits), in ascending bank order, and each bank sums its streams in list
+    order: the same floating-point operations, in the same order, as a walk over every bank."""
     load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
     share = scratch[n_banks:2 * n_banks]
     one = np.uint64(1)
+    low = ~np.uint64(0) if n_banks >= 64 else (one << np.uint64(n_banks)) - one
     load[:] = 0.0
     s = head
     while s >= 0:
@@ -1418,6 +1419,7 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
                 any_open = True
                 m = st_mask[s]
                 inv = 1.0 / max(_popcount(m), 1)    # (no bank: no share)
+                m &= low
                 while m:
                     share[trailing_zeros(m)] += inv
                     m &= m - one
@@ -1443,7 +1445,7 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
             if st_rate[s] < 0.0:
                 freeze = st_nom[s] <= level * (1.0 + 1e-12)
                 if not freeze:
-                    m = st_mask[s]
+                    m = st_mask[s] & low
                     while m:
                         b = trailing_zeros(m)
                         m &= m - one
@@ -1460,6 +1462,7 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
             if st_rate[s] >= 0.0:
                 m = st_mask[s]
                 x = st_rate[s] / max(_popcount(m), 1)
+                m &= low
                 while m:
                     load[trailing_zeros(m)] += x
                     m &= m - one
