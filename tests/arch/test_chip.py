@@ -411,10 +411,15 @@ def test_multicast_load_writes_every_destination_from_one_dram_read():
 
 
 def test_multicast_signals_after_the_last_destination_and_costs_less_dram_than_loads():
-    """A consumer waiting on the multicast's semaphore starts only when every copy is in; three
-    plain loads of the same tile read DRAM three times and take longer on the same chip."""
+    """The load completes (and signals) when the last copy is in: visiting four cores ends
+    later than delivering to the first one alone, though both read DRAM alike. Four plain loads
+    of the same tile read DRAM four times and take longer on the same chip."""
     cfg = _mcast_chip()
     mc = chip.run(assemble(_multicast_program(0, 4, 1), "mcast"), cfg)
+    one = chip.run(assemble(_multicast_program(0, 1, 1), "mcast1"), cfg)
+    assert one.dram_read_bytes == mc.dram_read_bytes
+    assert list(one.sram_write_bytes) == [MCAST_BYTES, 0, 0, 0]
+    assert mc.t_end[0] > one.t_end[0]
     loads = "\n".join(
         f".queue core={c} engine=dma0\n    load src=B dst=s{c} shape=64,64 src_stride=64,1 "
         f"dst_stride=64,1 dtype=int8 signal=got" for c in range(4))

@@ -304,3 +304,12 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     slope = (t[1024] - t[512]) / 512
     knee = 1024 - (t[1024] - t[1]) / slope
     assert knee_roof / 8 <= knee <= 2 * knee_roof, (knee, knee_roof, t)
+
+
+def test_unknown_plan_field_is_a_one_line_error():
+    from tilesim.errors import InputError
+    from tilesim.programs.mapping import plan_matmul
+    with pytest.raises(InputError) as e:
+        plan_matmul(4, 64, 64, 1, config.load("h100-like-hbm3"), in_dt="bf16", w_dt="bf16",
+                    act_dt="bf16", only={"gmm": 2})
+    assert "\n" not in str(e.value) and "['gmm']" in str(e.value) and "gm, gn" in str(e.value)

@@ -236,6 +236,21 @@ class MatmulJob:
     y_rows: list = field(default_factory=lambda: [0])
     x_row_step: int = 1              # X row r is x row x_rows + r * x_row_step
 
+    @property
+    def x_row_bytes(self) -> int:
+        """DRAM bytes between consecutive rows of X_c."""
+        return self.x.row_bytes * self.x_row_step
+
+    def x_addr(self, c: int, r0: int) -> int:
+        """DRAM address of row ``r0`` of X_c."""
+        return self.x.at(self.x_rows[c % len(self.x_rows)] + r0 * self.x_row_step,
+                         self.x_col[c % len(self.x_col)])
+
+    def y_addr(self, c: int, r0: int, col: int) -> int:
+        """DRAM address of row ``r0``, column ``col`` of Y_c."""
+        return self.y.at(self.y_rows[c % len(self.y_rows)] + r0,
+                         self.y_col[c % len(self.y_col)] + col)
+
 
 def weight_strips(w: np.ndarray, width: int) -> np.ndarray:
     """A [k x n] weight in the DRAM layout the matmul reads: n-tiles of ``width`` columns one
@@ -302,9 +317,8 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
             r0 = mblk * mb
             rows = min(mb, m - r0)
             wj = min(w, n - j * w)
-            x_row_addr = job.x.at(job.x_rows[c % len(job.x_rows)] + r0 * job.x_row_step,
-                                  job.x_col[c % len(job.x_col)])
-            x_row_stride = job.x.row_bytes * job.x_row_step
+            x_row_addr = job.x_addr(c, r0)
+            x_row_stride = job.x_row_bytes
             # resident X: load the [rows x k] block once per (product, m-block)
             if plan.resident and cur_x != (c, mblk):
                 cur_x = (c, mblk)
@@ -359,14 +373,21 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                 uses[slot] += 1
                 n_chunk += 1
             n_acc += 1
-            # convert the accumulator to the activation type, then store it
-            em.vop(core, VecOp.CONVERT, acc, out, rows, wj, nbytes(wj, acc_dt), nbytes(wj, act),
-                   acc_dt, act, wait=[(accd, n_acc), (stored, n_acc - 1) if n_acc > 1 else None],
-                   signal=[outd])
-            y_addr = job.y.at(job.y_rows[c % len(job.y_rows)] + r0, job.y_col[c % len(job.y_col)]
-                              + j * w)
-            em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), job.y.row_bytes,
-                     act, wait=[(outd, n_acc)], signal=[stored])
+            _store_tile(em, core, acc, out, job.y_addr(c, r0, j * w), job.y.row_bytes, rows, wj,
+                        acc_dt, act, accd, outd, stored, n_acc)
+
+
+def _store_tile(em: Emitter, core: int, acc: int, out: int, y_addr: int, y_row: int, rows: int,
+                wj: int, acc_dt: str, act: str, accd: int, outd: int, stored: int,
+                n_acc: int) -> None:
+    """The ``n_acc``-th finished tile of ``core``: the vector engine converts the accumulator
+    (once its last mm signalled ``accd`` and the previous tile's store ``stored``) into
+    ``out`` in the activation type, and the last DMA engine stores it to ``y_addr``."""
+    em.vop(core, VecOp.CONVERT, acc, out, rows, wj, nbytes(wj, acc_dt), nbytes(wj, act),
+           acc_dt, act, wait=[(accd, n_acc), (stored, n_acc - 1) if n_acc > 1 else None],
+           signal=[outd])
+    em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), y_row, act,
+             wait=[(outd, n_acc)], signal=[stored])
 
 
 def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act: str) -> None:
@@ -387,22 +408,21 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
     conv_w, conv_x = wdt != w_dt, act != in_dt
     size = gm * gn
     steps = ceil_div(k, kl)
-    x_row_stride = job.x.row_bytes * job.x_row_step
+    x_row_stride = job.x_row_bytes
     for grp, run in enumerate(split(len(supers), em.cores // size)):
         if not len(run):
             continue
         base = grp * size
         cores = range(base, base + size)
-        # every core of the group allocates alike, so a buffer has one address group-wide
-        buf = {}
+        # every core of the group allocates alike (from the op's empty SRAM), so a buffer has
+        # one address group-wide: the multicast loads write it on every core at once
         for core in cores:
-            buf[core] = (
+            xs, xraw, ws, wraw, acc, out = (
                 [em.alloc(core, nbytes(mb * kl, in_dt)) for _ in range(2)],
                 [em.alloc(core, nbytes(mb * kl, act)) for _ in range(2)] if conv_x else None,
                 [em.alloc(core, nbytes(kl * w, w_dt)) for _ in range(2)],
                 [em.alloc(core, nbytes(kl * w, wdt)) for _ in range(2)] if conv_w else None,
                 em.alloc(core, nbytes(mb * w, acc_dt)), em.alloc(core, nbytes(mb * w, act)))
-        xs, xraw, ws, wraw, acc, out = buf[base]
         xdst = xraw if conv_x else xs
         wdst = wraw if conv_w else ws
         g = f"g{grp}"
@@ -421,9 +441,7 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
             c, sm, sn = supers[su]
             na = min(gm, m_blocks - sm * gm)
             nb = min(gn, n_tiles - sn * gn)
-            x_row = [job.x.at(job.x_rows[c % len(job.x_rows)] + (sm * gm + a) * mb
-                              * job.x_row_step, job.x_col[c % len(job.x_col)])
-                     for a in range(na)]
+            x_row = [job.x_addr(c, (sm * gm + a) * mb) for a in range(na)]
             rows = [min(mb, m - (sm * gm + a) * mb) for a in range(na)]
             wjs = [min(w, n - (sn * gn + b) * w) for b in range(nb)]
             strips = [wt[c].addr + nbytes(k * (sn * gn + b) * w, wdt) for b in range(nb)]
@@ -482,18 +500,10 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
                     core = base + a * gn + b
                     q = per[core]
                     q["n_acc"] += 1
-                    n_acc = q["n_acc"]
-                    em.vop(core, VecOp.CONVERT, acc, out, rows[a], wjs[b], nbytes(wjs[b], acc_dt),
-                           nbytes(wjs[b], act), acc_dt, act,
-                           wait=[(q["accd"], n_acc),
-                                 (q["stored"], n_acc - 1) if n_acc > 1 else None],
-                           signal=[q["outd"]])
-                    r0 = (sm * gm + a) * mb
-                    y_addr = job.y.at(job.y_rows[c % len(job.y_rows)] + r0,
-                                      job.y_col[c % len(job.y_col)] + (sn * gn + b) * w)
-                    em.store(core, em.dma - 1, out, y_addr, rows[a], wjs[b], nbytes(wjs[b], act),
-                             job.y.row_bytes, act, wait=[(q["outd"], n_acc)],
-                             signal=[q["stored"]])
+                    _store_tile(em, core, acc, out,
+                                job.y_addr(c, (sm * gm + a) * mb, (sn * gn + b) * w),
+                                job.y.row_bytes, rows[a], wjs[b], acc_dt, act, q["accd"],
+                                q["outd"], q["stored"], q["n_acc"])
 
 
 def _shares(rows: int, parts: int) -> list[tuple[int, int]]:
