@@ -8,9 +8,17 @@ same shape compile to the same program up to addresses, so each distinct one is 
 and counted for every layer of its shape; ``all_layers=True`` simulates every layer, at its own
 KV-cache and weight addresses. Programs run one after another, each from an idle chip (no
 overlap between the end of one layer and the start of the next: a small, stated pessimism).
+Being independent, they are simulated in parallel, one forked process per CPU (``workers``);
+the numbers do not depend on how many.
 """
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
+import pickle
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -160,14 +168,16 @@ def check_capacity(cfg, spec, phase: str, batch: int, context: int) -> None:
 
 def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 1024, *,
              all_layers: bool = False, ignore_capacity: bool = False, progress=None,
-             weight_dtype: str | None = None, validate: bool = False) -> Result:
+             weight_dtype: str | None = None, validate: bool = False,
+             workers: int | None = None) -> Result:
     """Simulate one forward step of ``model`` on ``chip``; see the module docstring.
 
     chip: ChipConfig, preset name or YAML path. model: ModelSpec, preset name or config.json.
     progress: None (a bar on stderr when it is a terminal), False (silent) or a callable
-    ``progress(done, total, label)``."""
-    from tilesim.arch import chip as chip_mod
-    from tilesim.programs import codegen, graph, models
+    ``progress(done, total, label)`` called after each program, in the order they finish.
+    workers: processes to run the programs in (default: one per CPU, see ``_workers``); the
+    results are the same for any number."""
+    from tilesim.programs import graph, models
 
     t0 = time.perf_counter()
     cfg = chip if isinstance(chip, config_mod.ChipConfig) else config_mod.load(chip)
@@ -200,17 +210,88 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     res = Result(cfg, spec, phase, batch, context)
     bar = None if callable(progress) else ProgressBar(
         len(plan), "simulate", enabled=False if progress is False else None)
-    for i, (label, nds, times) in enumerate(plan):
+    jobs = [(spec, nds, cfg, phase, batch, context, label, validate) for label, nds, _ in plan]
+    done: dict[int, tuple] = {}
+    for n, (i, comp, stats) in enumerate(_run_parts(jobs, _workers(workers, len(plan)))):
+        done[i] = (comp, stats)
         if bar is None:
-            progress(i, len(plan), label)
-        comp = codegen.compile_nodes(spec, nds, cfg, phase, batch, context, name=label)
-        stats = chip_mod.run(comp.program, cfg, validate=validate)
-        res.parts.append(Part(label, times, stats, comp.program, comp.ops, comp.tags,
-                              {nd["name"]: nd["kind"] for nd in nds}))
-        if bar is not None:
-            bar.label = f"simulate {label}"
+            progress(n + 1, len(plan), plan[i][0])
+        else:
+            bar.label = f"simulate {plan[i][0]}"
             bar.update()
     if bar is not None:
         bar.close()
+    for i, (label, nds, times) in enumerate(plan):
+        comp, stats = done[i]
+        res.parts.append(Part(label, times, stats, comp.program, comp.ops, comp.tags,
+                              {nd["name"]: nd["kind"] for nd in nds}))
     res.wall_s = time.perf_counter() - t0
     return res
+
+
+def _workers(workers: int | None, parts: int) -> int:
+    """Processes to simulate ``parts`` programs with: ``workers``, or by default one per CPU
+    this process may use, but one (in this process) when called from a thread other than the
+    main one or from a daemon process (a Dask or multiprocessing worker: its pool already
+    fills the machine) or where fork is unavailable."""
+    if workers is not None:
+        if not isinstance(workers, int) or workers < 1:
+            raise InputError(f"workers {workers!r}: allowed: an integer >= 1")
+        return min(workers, parts)
+    if (threading.current_thread() is not threading.main_thread()
+            or multiprocessing.current_process().daemon
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, parts))
+
+
+def _run_part(job):
+    """Compile and run one program: (CompiledProgram, RunStats)."""
+    from tilesim.arch import chip as chip_mod
+    from tilesim.programs import codegen
+    spec, nds, cfg, phase, batch, context, label, validate = job
+    comp = codegen.compile_nodes(spec, nds, cfg, phase, batch, context, name=label)
+    return comp, chip_mod.run(comp.program, cfg, validate=validate)
+
+
+_JOBS: list = []   # the jobs of the running _run_parts, which forked workers inherit
+
+
+def _run_indexed(i: int, spool: str):
+    """Run job ``i`` in a worker; the result goes back as a pickle file in ``spool`` (a layer
+    program is ~100 MB: a file on tmpfs takes a tenth of the time of the pool's pipe)."""
+    path = os.path.join(spool, f"part{i}.pickle")
+    with open(path, "wb") as f:
+        pickle.dump(_run_part(_JOBS[i]), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return i, path
+
+
+def _run_parts(jobs: list, workers: int):
+    """Yield (index, compiled, stats) for every job as it finishes. With ``workers`` > 1 the
+    jobs run in forked processes, the costliest first (``_cost``); each is a separate,
+    deterministic simulation of an idle chip, so the results do not depend on the split."""
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            yield (i, *_run_part(job))
+        return
+    order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i][1]))
+    _JOBS[:] = jobs       # configs hold mapping proxies, which do not pickle: fork shares them
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool, \
+                multiprocessing.get_context("fork").Pool(workers) as pool:
+            for i, path in pool.imap_unordered(functools.partial(_run_indexed, spool=spool),
+                                               order):
+                with open(path, "rb") as f:
+                    comp, stats = pickle.load(f)
+                os.remove(path)
+                yield i, comp, stats
+    finally:
+        _JOBS.clear()
+
+
+def _cost(nds: list) -> float:
+    """A rough simulation cost of a program's ops (bytes moved plus MACs / 256), for ordering."""
+    return float(sum(nd["bytes_min"] + nd["in_bytes"] + nd["out_bytes"] + nd["macs"] / 256
+                     for nd in nds))

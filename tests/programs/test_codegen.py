@@ -15,6 +15,7 @@ from tests.programs.reference_forward import (forward_decode, forward_prefill, r
 from tilesim import config
 from tilesim.arch import chip
 from tilesim.cli import main
+from tilesim.errors import InputError
 from tilesim.programs import codegen, graph
 from tilesim.programs.models import ModelSpec
 from tilesim.step import simulate
@@ -153,6 +154,26 @@ def test_all_layers_counts_every_layer():
     assert [p.times for p in once.parts] == [1, 1, 1, 1]      # embed, dense, moe, head
     assert len(every.parts) == spec.n_layers + 2
     assert every.summary()["macs"] == once.summary()["macs"] == spec.macs("decode", 2, 8)
+
+
+def test_programs_simulated_in_parallel_equal_one_by_one():
+    """The programs of a step run in forked workers, costliest first, and come back in any
+    order: the parts, their order and every timing counter equal a serial run's; the progress
+    callback sees every program once; a bad worker count is one line."""
+    spec = SPECS["moe"]
+    cfg = tiny_chip("bf16")
+    seen = []
+    serial = simulate(cfg, spec, "decode", 2, 8, progress=False, workers=1)
+    forked = simulate(cfg, spec, "decode", 2, 8, workers=3,
+                      progress=lambda done, total, label: seen.append((done, total, label)))
+    assert [p.label for p in forked.parts] == [p.label for p in serial.parts]
+    assert all(a.stats.same_timing(b.stats) and np.array_equal(a.program.instrs, b.program.instrs)
+               for a, b in zip(serial.parts, forked.parts))
+    assert forked.summary()["cycles"] == serial.summary()["cycles"]
+    assert sorted(label for *_, label in seen) == sorted(p.label for p in serial.parts)
+    assert [d for d, *_ in seen] == [1, 2, 3, 4] and {t for _, t, _ in seen} == {4}
+    with pytest.raises(InputError, match="workers 0: allowed: an integer >= 1"):
+        simulate(cfg, spec, "decode", 2, 8, progress=False, workers=0)
 
 
 # ---- tilesim run --------------------------------------------------------------------------

@@ -171,15 +171,17 @@ def build(cfg: NocConfig) -> NocTables:
     next_link = np.full((n, n), -1, np.int32)
     hops = np.zeros((n, n), np.int32)
     if cfg.topology in ("mesh", "torus"):
+        nx_, ny_ = cfg.dims
         for src in range(n):
             for dst in range(n):
-                node, h = src, 0
-                while node != dst:
-                    nxt = _dimension_order_next(cfg, node, dst)
-                    if h == 0:
-                        next_link[src, dst] = link_of[(node, nxt)]
-                    node, h = nxt, h + 1
-                hops[src, dst] = h
+                if src != dst:
+                    next_link[src, dst] = link_of[(src, _dimension_order_next(cfg, src, dst))]
+        # x then y: the hops are the distances along each dimension (the shorter way round a
+        # torus ring, which is the way _dimension_order_next steps)
+        ids = np.arange(n)
+        for size, coord in ((nx_, ids % nx_), (ny_, ids // nx_)):
+            d = np.abs(coord[:, None] - coord[None, :])
+            hops += np.minimum(d, size - d) if cfg.topology == "torus" else d
     else:
         # BFS from every destination over reversed links; neighbours in id order, so the
         # lowest-numbered next hop wins a tie.

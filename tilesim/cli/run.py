@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="simulate every layer instead of once per distinct layer shape")
     p.add_argument("--ignore-capacity", action="store_true",
                    help="run even if weights and KV cache exceed the chip's memory")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes to simulate the programs in (default: one per CPU; the "
+                        "results do not depend on it)")
     p.add_argument("--top", type=int, default=8, help="ops to list (default 8)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", metavar="DIR", help="write summary.json, ops.csv and plots here")
@@ -50,7 +53,8 @@ def run(args) -> int:
 
     res = simulate(args.config, args.model, args.phase, args.batch, args.context,
                    all_layers=args.all_layers, ignore_capacity=args.ignore_capacity,
-                   weight_dtype=args.weight_dtype, progress=False if args.json else None)
+                   weight_dtype=args.weight_dtype, progress=False if args.json else None,
+                   workers=args.workers)
     summary = res.summary()
     ops = res.op_table()
     if args.out:
