@@ -268,9 +268,10 @@ def _run_indexed(i: int, spool: str):
 
 
 def _run_parts(jobs: list, workers: int):
-    """Yield (index, compiled, stats) for every job as it finishes. With ``workers`` > 1 the
-    jobs run in forked processes, the costliest first (``_cost``); each is a separate,
-    deterministic simulation of an idle chip, so the results do not depend on the split."""
+    """Yield (index, compiled, stats) for every job as it finishes. With ``workers`` > 1 this
+    process runs the costliest job (``_cost``) while ``workers - 1`` forked ones take the
+    rest, costliest first; each job is a separate, deterministic simulation of an idle chip,
+    so the results do not depend on the split."""
     if workers <= 1:
         for i, job in enumerate(jobs):
             yield (i, *_run_part(job))
@@ -280,9 +281,10 @@ def _run_parts(jobs: list, workers: int):
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     try:
         with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool, \
-                multiprocessing.get_context("fork").Pool(workers) as pool:
-            for i, path in pool.imap_unordered(functools.partial(_run_indexed, spool=spool),
-                                               order):
+                multiprocessing.get_context("fork").Pool(workers - 1) as pool:
+            rest = pool.imap_unordered(functools.partial(_run_indexed, spool=spool), order[1:])
+            yield (order[0], *_run_part(jobs[order[0]]))
+            for i, path in rest:
                 with open(path, "rb") as f:
                     comp, stats = pickle.load(f)
                 os.remove(path)
