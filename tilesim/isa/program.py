@@ -24,6 +24,8 @@ SPACES = ("dram", "sram")
 
 _POS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
 _SUB = {name: INSTR_DTYPE[name].shape[0] for name in INSTR_DTYPE.names if INSTR_DTYPE[name].shape}
+_FIELD = {name: (i, _SUB.get(name, 0)) for name, i in _POS.items()}   # position, sub-array length
+_WAIT_SEM, _WAIT_COUNT, _SIGNAL_SEM = _POS["wait_sem"], _POS["wait_count"], _POS["signal_sem"]
 _TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
                   for v in blank(1).tolist()[0])
 
@@ -190,21 +192,25 @@ class ProgramBuilder:
             ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
             for i, (sem, n) in enumerate(wait):
                 ws[i], wc[i] = sem, n
-            rec[_POS["wait_sem"]], rec[_POS["wait_count"]] = tuple(ws), tuple(wc)
+            rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
         if signal:
             ss = [NO_SEM] * MAX_SIGNALS
             ss[:len(signal)] = signal
-            rec[_POS["signal_sem"]] = tuple(ss)
+            rec[_SIGNAL_SEM] = tuple(ss)
         for k, v in fields.items():
-            pos = _POS.get(k)
-            if pos is None:
+            f = _FIELD.get(k)
+            if f is None:
                 raise ValueError(f"no instruction field {k!r} (fields: {', '.join(_POS)})")
-            n = _SUB.get(k)
-            if n:
-                v = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v,) * n
-            rec[pos] = v
-        self._queues.setdefault((core, int(engine)), []).append(tuple(rec))
-        self._lines.setdefault((core, int(engine)), []).append(line)
+            if f[1]:
+                v = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v,) * f[1]
+            rec[f[0]] = v
+        key = (core, int(engine))
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = []
+            self._lines.setdefault(key, [])
+        q.append(tuple(rec))
+        self._lines[key].append(line)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
         """Append ready-made INSTR_DTYPE records to queue (core, engine): a compiler building

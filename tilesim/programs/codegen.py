@@ -28,6 +28,7 @@ to be checked.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
-from tilesim.isa.opcodes import MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
+from tilesim.isa.opcodes import INSTR_DTYPE, MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
@@ -519,25 +520,13 @@ def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc,
     of X (from K-offset ``a_k0`` of the block at ``a_addr``) into the accumulator. The first
     ldw waits on ``ldw_wait``, the first mm on ``mm_wait``; the first mm of a tile (``first``)
     overwrites the accumulator, the rest accumulate; the last mm signals ``signal``."""
-    steps = ceil_div(kr, kt)
-    t = np.arange(steps, dtype=np.int64)
-    kk = np.minimum(kt, kr - t * kt)
-    blk = blank(2 * steps)
+    raw, t = _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt)
+    blk = np.frombuffer(bytearray(raw), INSTR_DTYPE)   # a fresh, writable copy (ndarray.copy
+                                                       # of this dtype goes field by field)
     ldw, mm = blk[0::2], blk[1::2]
-    wbits, abits = DTYPES[w_dt].bits, DTYPES[in_dt].bits
-    ldw["op"] = Op.LDW
-    ldw["src_addr"] = w_addr + (t * kt * wj * wbits + 7) // 8
-    ldw["k"], ldw["n"] = kk, wj
-    ldw["src_stride"][:, 2] = nbytes(wj, w_dt)
-    ldw["dtype"] = _code(w_dt)
-    mm["op"] = Op.MM
-    mm["src_addr"] = a_addr + ((a_k0 + t * kt) * abits + 7) // 8
+    ldw["src_addr"] += w_addr
+    mm["src_addr"] = a_addr + ((a_k0 + t) * DTYPES[in_dt].bits + 7) // 8
     mm["dst_addr"] = acc
-    mm["m"], mm["k"], mm["n"] = rows, kk, wj
-    mm["src_stride"][:, 2] = a_row
-    mm["dst_stride"][:, 2] = nbytes(wj, acc_dt)
-    mm["dtype"], mm["dtype2"] = _code(in_dt), _code(acc_dt)
-    mm["flags"] = int(Flag.ACCUMULATE)
     if first:
         mm["flags"][0] = 0
     for rec, waits in ((ldw, ldw_wait), (mm, mm_wait)):
@@ -546,6 +535,31 @@ def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc,
     for i, sem in enumerate(signal):
         mm["signal_sem"][-1, i] = sem
     return blk
+
+
+@functools.lru_cache(maxsize=256)
+def _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt):
+    """What :func:`_ldw_mm_run` emits for these sizes with every address 0, no waits and no
+    signals, as bytes (copied and filled in per chunk: a matmul emits tens of thousands of
+    chunks of a handful of shapes), and the K offset of each step (elements)."""
+    steps = ceil_div(kr, kt)
+    t = np.arange(steps, dtype=np.int64) * kt
+    kk = np.minimum(kt, kr - t)
+    blk = blank(2 * steps)
+    ldw, mm = blk[0::2], blk[1::2]
+    ldw["op"] = Op.LDW
+    ldw["src_addr"] = (t * wj * DTYPES[w_dt].bits + 7) // 8
+    ldw["k"], ldw["n"] = kk, wj
+    ldw["src_stride"][:, 2] = nbytes(wj, w_dt)
+    ldw["dtype"] = _code(w_dt)
+    mm["op"] = Op.MM
+    mm["m"], mm["k"], mm["n"] = rows, kk, wj
+    mm["src_stride"][:, 2] = a_row
+    mm["dst_stride"][:, 2] = nbytes(wj, acc_dt)
+    mm["dtype"], mm["dtype2"] = _code(in_dt), _code(acc_dt)
+    mm["flags"] = int(Flag.ACCUMULATE)
+    t.setflags(write=False)
+    return blk.tobytes(), t
 
 
 # ============================================================================================
