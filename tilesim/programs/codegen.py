@@ -637,41 +637,52 @@ def emit_norm(em: Emitter, lay: Layout, x: Tensor, y: Tensor, rows: int, dim: in
 
 def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: int, fn: str,
                 act: str) -> None:
-    """y = a + b (``add``), silu(a) * b (``silu_mul``) or gelu(a) (``gelu``, b unused)."""
+    """y = a + b (``add``), silu(a) * b (``silu_mul``) or gelu(a) (``gelu``, b unused).
+
+    Elementwise, so cut into blocks of rows and, when the four buffers of one row do not fit
+    the SRAM (llama-3-70b's 28,672-wide FFN activation), into blocks of columns too (of
+    multiples of 64 elements, 12 bytes each in half the SRAM)."""
     f32 = "fp32"
-    rb, blocks = _row_plan(em, rows, cols * 12, 1)
+    cb = cols
+    if 3 * align(nbytes(cols, act)) + align(nbytes(cols, f32)) > em.sram_size:
+        cb = max(1, em.sram_size // 2 // 12)
+        cb = cb // 64 * 64 or cb
+    rb, rblocks = _row_plan(em, rows, cb * 12, 1)
+    blocks = [(r0, nr, c0, min(cb, cols - c0)) for r0, nr in rblocks
+              for c0 in range(0, cols, cb)]
     for core, run in enumerate(split(len(blocks), em.cores)):
         if not len(run):
             continue
-        ab = em.alloc(core, nbytes(rb * cols, act))
-        bb = em.alloc(core, nbytes(rb * cols, act))
-        tf = em.alloc(core, nbytes(rb * cols, f32))
-        yb = em.alloc(core, nbytes(rb * cols, act))
+        ab = em.alloc(core, nbytes(rb * cb, act))
+        bb = em.alloc(core, nbytes(rb * cb, act))
+        tf = em.alloc(core, nbytes(rb * cb, f32))
+        yb = em.alloc(core, nbytes(rb * cb, act))
         ld = em.sem(f"c{core}.ld")
         vd = em.sem(f"c{core}.vd")
         st = em.sem(f"c{core}.st")
         nld = 0
-        rowa, rowf = nbytes(cols, act), nbytes(cols, f32)
+        rowa, rowf = nbytes(cb, act), nbytes(cb, f32)
         for i, bi in enumerate(run):
-            r0, nr = blocks[bi]
-            em.load(core, 0, a.at(r0), ab, nr, cols, a.row_bytes, rowa, act,
+            r0, nr, c0, nc = blocks[bi]
+            em.load(core, 0, a.at(r0, c0), ab, nr, nc, a.row_bytes, rowa, act,
                     wait=[(vd, i) if i else None], signal=[ld])
             nld += 1
             if fn != "gelu":
-                em.load(core, 0, b.at(r0), bb, nr, cols, b.row_bytes, rowa, act, signal=[ld])
+                em.load(core, 0, b.at(r0, c0), bb, nr, nc, b.row_bytes, rowa, act,
+                        signal=[ld])
                 nld += 1
             w = [(ld, nld), (st, i) if i else None]
             if fn == "add":
-                em.vop(core, VecOp.ADD, ab, yb, nr, cols, rowa, rowa, act, src2=bb, src2_row=rowa,
+                em.vop(core, VecOp.ADD, ab, yb, nr, nc, rowa, rowa, act, src2=bb, src2_row=rowa,
                        wait=w, signal=[vd])
             elif fn == "silu_mul":
-                em.vop(core, VecOp.SILU, ab, tf, nr, cols, rowa, rowf, act, f32, wait=w)
-                em.vop(core, VecOp.CONVERT, bb, yb, nr, cols, rowa, rowa, act, act)
-                em.vop(core, VecOp.MUL, tf, yb, nr, cols, rowf, rowa, f32, act, src2=yb,
+                em.vop(core, VecOp.SILU, ab, tf, nr, nc, rowa, rowf, act, f32, wait=w)
+                em.vop(core, VecOp.CONVERT, bb, yb, nr, nc, rowa, rowa, act, act)
+                em.vop(core, VecOp.MUL, tf, yb, nr, nc, rowf, rowa, f32, act, src2=yb,
                        src2_row=rowa, signal=[vd])
             else:
-                em.vop(core, VecOp.GELU, ab, yb, nr, cols, rowa, rowa, act, wait=w, signal=[vd])
-            em.store(core, em.dma - 1, yb, y.at(r0), nr, cols, rowa, y.row_bytes, act,
+                em.vop(core, VecOp.GELU, ab, yb, nr, nc, rowa, rowa, act, wait=w, signal=[vd])
+            em.store(core, em.dma - 1, yb, y.at(r0, c0), nr, nc, rowa, y.row_bytes, act,
                      wait=[(vd, i + 1)], signal=[st])
 
 
