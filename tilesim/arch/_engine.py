@@ -1698,31 +1698,40 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     d_out = np.zeros(n_eng, np.int64)
     d_wait_slot = np.zeros(n_eng, np.bool_)
 
-    # requests
-    r_g = np.zeros(pool, np.int64)
-    r_i = np.zeros(pool, np.int64)
-    r_kind = np.zeros(pool, np.int64)
-    r_stage = np.zeros(pool, np.int64)
-    r_dram = np.zeros(pool, np.int64)
-    r_ch = np.zeros(pool, np.int64)            # memory channel of a load or store
-    r_bytes = np.zeros(pool, np.int64)
-    r_src_core = np.zeros(pool, np.int64)
-    r_dst_core = np.zeros(pool, np.int64)
-    r_sram_mask = np.zeros(pool, np.uint64)
-    r_dst_mask = np.zeros(pool, np.uint64)
-    r_left = np.zeros(pool, np.int64)          # multicast: destinations still to write
-    r_next = np.arange(1, pool + 1, dtype=np.int64)
+    # requests: one 128-byte row each, the fields as column views (a request's fields share
+    # two cache lines, not thirteen: the loop touches thousands of requests in flight)
+    rrow = np.zeros((pool, 16), np.int64)
+    r_g = rrow[:, 0]
+    r_i = rrow[:, 1]
+    r_kind = rrow[:, 2]
+    r_stage = rrow[:, 3]
+    r_dram = rrow[:, 4]
+    r_ch = rrow[:, 5]                          # memory channel of a load or store
+    r_bytes = rrow[:, 6]
+    r_src_core = rrow[:, 7]
+    r_dst_core = rrow[:, 8]
+    r_left = rrow[:, 9]                        # multicast: destinations still to write
+    r_next = rrow[:, 10]
+    r_sram_mask = rrow.view(np.uint64)[:, 11]
+    r_dst_mask = rrow.view(np.uint64)[:, 12]
+    for j in range(pool):
+        r_next[j] = j + 1
     r_next[pool - 1] = -1
 
-    # packets (a multicast response forks a short-lived copy at each destination)
+    # packets (a multicast response forks a short-lived copy at each destination): one
+    # 64-byte row each, as above
     ppool = 4 * pool + 16
-    p_dst = np.zeros(ppool, np.int64)
-    p_flits = np.zeros(ppool, np.int64)
-    p_bytes = np.zeros(ppool, np.int64)        # bytes the packet carries (energy)
-    p_node = np.zeros(ppool, np.int64)
-    p_req = np.zeros(ppool, np.int64)
-    p_mc = np.full(ppool, -1, np.int64)        # multicast: index of the destination it heads to
-    p_next = np.arange(1, ppool + 1, dtype=np.int64)
+    prow = np.zeros((ppool, 8), np.int64)
+    p_dst = prow[:, 0]
+    p_flits = prow[:, 1]
+    p_bytes = prow[:, 2]                       # bytes the packet carries (energy)
+    p_node = prow[:, 3]
+    p_req = prow[:, 4]
+    p_mc = prow[:, 5]                          # multicast: index of the destination it heads to
+    p_next = prow[:, 6]
+    for j in range(ppool):
+        p_mc[j] = -1
+        p_next[j] = j + 1
     p_next[ppool - 1] = -1
     link_free = np.zeros(n_links + 2 * n_nodes, np.int64)
     link_flits = np.zeros(n_links + 2 * n_nodes, np.int64)
