@@ -319,6 +319,12 @@ def test_coalesce_keeps_every_byte_and_its_order():
         folded += int(np.count_nonzero(b["shape"] == 1) > np.count_nonzero(a["shape"] == 1))
     assert folded > 50
     assert (dma.descriptor_bytes(out, chip._BITS) == dma.descriptor_bytes(recs, chip._BITS)).all()
+    # folded descriptors, even with junk strides on extent-1 dimensions, are not copied
+    again = out.copy()
+    again["src_stride"][:, 0] = np.where(again["shape"][:, 0] <= 1, 999,
+                                         again["src_stride"][:, 0])
+    assert dma.coalesce(again, chip._BITS) is again
+    assert dma.coalesce(recs, chip._BITS) is not recs
 
 
 @pytest.mark.parametrize("inputs,fragment", [
