@@ -26,6 +26,9 @@ _POS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
 _SUB = {name: INSTR_DTYPE[name].shape[0] for name in INSTR_DTYPE.names if INSTR_DTYPE[name].shape}
 _FIELD = {name: (i, _SUB.get(name, 0)) for name, i in _POS.items()}   # position, sub-array length
 _WAIT_SEM, _WAIT_COUNT, _SIGNAL_SEM = _POS["wait_sem"], _POS["wait_count"], _POS["signal_sem"]
+_OP, _SRC, _DST, _SHAPE, _DTYPE = (_POS[f] for f in ("op", "src_addr", "dst_addr", "shape", "dtype"))
+_SRC_STRIDE, _DST_STRIDE = _POS["src_stride"], _POS["dst_stride"]
+_DST_CORE, _MC_COUNT, _MC_STRIDE = _POS["dst_core"], _POS["mc_count"], _POS["mc_stride"]
 _TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
                   for v in blank(1).tolist()[0])
 
@@ -211,6 +214,34 @@ class ProgramBuilder:
             self._lines.setdefault(key, [])
         q.append(tuple(rec))
         self._lines[key].append(line)
+
+    def emit_dma(self, core: int, engine: int, wait, signal, op: int, src: int, dst: int,
+                 shape: tuple, src_stride: tuple, dst_stride: tuple, dtype: int,
+                 dst_core: int = -1, mc_count: int = 0, mc_stride: int = 0) -> None:
+        """:meth:`emit` of a LOAD, STORE or COPY with every field given, without the
+        keyword-by-keyword walk (a compiler emits hundreds of thousands of these)."""
+        if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
+            raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
+        rec = list(_TEMPLATE)
+        if wait:
+            ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
+            for i, (sem, n) in enumerate(wait):
+                ws[i], wc[i] = sem, n
+            rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
+        if signal:
+            ss = [NO_SEM] * MAX_SIGNALS
+            ss[:len(signal)] = signal
+            rec[_SIGNAL_SEM] = tuple(ss)
+        rec[_OP], rec[_SRC], rec[_DST], rec[_SHAPE] = op, src, dst, shape
+        rec[_SRC_STRIDE], rec[_DST_STRIDE], rec[_DTYPE] = src_stride, dst_stride, dtype
+        rec[_DST_CORE], rec[_MC_COUNT], rec[_MC_STRIDE] = dst_core, mc_count, mc_stride
+        key = (core, engine)
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = []
+            self._lines.setdefault(key, [])
+        q.append(tuple(rec))
+        self._lines[key].append(0)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
         """Append ready-made INSTR_DTYPE records to queue (core, engine): a compiler building

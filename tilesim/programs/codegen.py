@@ -198,12 +198,23 @@ class Emitter:
                    heads, src_head, dst_head, final)
 
     def _move(self, op, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
-              heads, src_head, dst_head, final, **mc):
-        e = _eb(dt)
-        self.emit(core, Engine.DMA + dma, wait, signal, final, op=op, src_addr=src,
-                  dst_addr=dst, shape=(1, heads, rows, cols),
-                  src_stride=(0, src_head, src_row, e), dst_stride=(0, dst_head, dst_row, e),
-                  dtype=_code(dt), **mc)
+              heads, src_head, dst_head, final, dst_core=-1, mc_count=0, mc_stride=0):
+        """:meth:`emit` of one DMA descriptor, by the builder's direct path."""
+        d = DTYPES[dt]
+        e = max(d.bits // 8, 1)
+        engine = int(Engine.DMA) + dma
+        wait = [w for w in wait if w is not None]
+        bar = self._barrier(core, engine, len(wait))
+        if bar is not None:
+            wait.append(bar)
+        signal = [s for s in signal if s is not None]
+        if final:
+            signal.append(self.done)
+            self.done_count += 1
+        self.b.emit_dma(core, engine, wait, signal, int(op), src, dst, (1, heads, rows, cols),
+                        (0, src_head, src_row, e), (0, dst_head, dst_row, e), d.code,
+                        dst_core, mc_count, mc_stride)
+        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
 
     def vop(self, core, vop, src, dst, rows, cols, src_row, dst_row, dt, dt2=None, src2=0,
             src2_row=0, flags=0, imm=0.0, wait=(), signal=()):
