@@ -32,6 +32,24 @@ _DST_CORE, _MC_COUNT, _MC_STRIDE = _POS["dst_core"], _POS["mc_count"], _POS["mc_
 _TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
                   for v in blank(1).tolist()[0])
 
+def _record(wait, signal) -> list:
+    """A blank record's fields as a list, with ``wait`` [(sem, count), ...] and ``signal``
+    [sem, ...] filled in."""
+    if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
+        raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
+    rec = list(_TEMPLATE)
+    if wait:
+        ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
+        for i, (sem, n) in enumerate(wait):
+            ws[i], wc[i] = sem, n
+        rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
+    if signal:
+        ss = [NO_SEM] * MAX_SIGNALS
+        ss[:len(signal)] = signal
+        rec[_SIGNAL_SEM] = tuple(ss)
+    return rec
+
+
 @dataclass(frozen=True)
 class Buffer:
     """A named address range: in DRAM (core -1) or in one core's SRAM."""
@@ -188,18 +206,7 @@ class ProgramBuilder:
 
         Records are kept as plain tuples and become one structured array in :meth:`build`
         (a compiler emits hundreds of thousands; a numpy record per call costs ~20 us)."""
-        if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
-            raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
-        rec = list(_TEMPLATE)
-        if wait:
-            ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
-            for i, (sem, n) in enumerate(wait):
-                ws[i], wc[i] = sem, n
-            rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
-        if signal:
-            ss = [NO_SEM] * MAX_SIGNALS
-            ss[:len(signal)] = signal
-            rec[_SIGNAL_SEM] = tuple(ss)
+        rec = _record(wait, signal)
         for k, v in fields.items():
             f = _FIELD.get(k)
             if f is None:
@@ -207,41 +214,26 @@ class ProgramBuilder:
             if f[1]:
                 v = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v,) * f[1]
             rec[f[0]] = v
-        key = (core, int(engine))
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = []
-            self._lines.setdefault(key, [])
-        q.append(tuple(rec))
-        self._lines[key].append(line)
+        self._append((core, int(engine)), rec, line)
 
     def emit_dma(self, core: int, engine: int, wait, signal, op: int, src: int, dst: int,
                  shape: tuple, src_stride: tuple, dst_stride: tuple, dtype: int,
                  dst_core: int = -1, mc_count: int = 0, mc_stride: int = 0) -> None:
         """:meth:`emit` of a LOAD, STORE or COPY with every field given, without the
         keyword-by-keyword walk (a compiler emits hundreds of thousands of these)."""
-        if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
-            raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
-        rec = list(_TEMPLATE)
-        if wait:
-            ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
-            for i, (sem, n) in enumerate(wait):
-                ws[i], wc[i] = sem, n
-            rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
-        if signal:
-            ss = [NO_SEM] * MAX_SIGNALS
-            ss[:len(signal)] = signal
-            rec[_SIGNAL_SEM] = tuple(ss)
+        rec = _record(wait, signal)
         rec[_OP], rec[_SRC], rec[_DST], rec[_SHAPE] = op, src, dst, shape
         rec[_SRC_STRIDE], rec[_DST_STRIDE], rec[_DTYPE] = src_stride, dst_stride, dtype
         rec[_DST_CORE], rec[_MC_COUNT], rec[_MC_STRIDE] = dst_core, mc_count, mc_stride
-        key = (core, engine)
+        self._append((core, engine), rec, 0)
+
+    def _append(self, key: tuple, rec: list, line: int) -> None:
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = []
             self._lines.setdefault(key, [])
         q.append(tuple(rec))
-        self._lines[key].append(0)
+        self._lines[key].append(line)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
         """Append ready-made INSTR_DTYPE records to queue (core, engine): a compiler building
