@@ -334,9 +334,13 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     bytes per bf16 weight; 296 here), then linear. The simulator must show the shape: flat
     (batch 16 within 15% of batch 1), then linear (doubling 512 -> 1024 costs at least 1.6x),
     never below the roofline, and the knee (where the flat level meets the line through the two
-    largest batches) within [b*/8, 2 b*]. It lands near b*/4 today: past batch ~64 the grid
-    matmuls keep the arrays only ~30% busy (two buffer slots per lockstep group of 16 cores,
-    a 32-cycle weight load per k-step), so compute-bound time starts early (issue-6 note)."""
+    largest batches) within [b*/8, 2 b*]. It lands near b*/4 today, for two measured reasons.
+    Traffic: with 256 KiB per core and no L2, X is re-read once per group of n-tiles, so at
+    batch 512 an FFN matmul (2048 x 7168) reads 58.7 MB, twice its weights, which halves the
+    ops:byte the roofline assumes. Overlap: the grid matmuls keep the arrays only ~40% busy
+    (two buffer slots per lockstep group of 16 cores), so that matmul takes 74 k cycles
+    against max(DRAM, MAC) = 37 k. More SRAM alone does not move the knee: with 1 MiB per core
+    it stays between 64 and 128 (issue-6 notes)."""
     from tilesim.arch import dram
     cfg = config.load("h100-like-hbm3")
     spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
