@@ -174,7 +174,8 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
 
     chip: ChipConfig, preset name or YAML path. model: ModelSpec, preset name or config.json.
     progress: None (a bar on stderr when it is a terminal), False (silent) or a callable
-    ``progress(done, total, label)`` called after each program, in the order they finish.
+    ``progress(done, total, label)`` called after each program, in the order they finish (from
+    a helper thread, one call at a time, when several processes run them).
     workers: processes to run the programs in (default: one per CPU, see ``_workers``); the
     results are the same for any number."""
     from tilesim.programs import graph, models
@@ -212,13 +213,18 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
         len(plan), "simulate", enabled=False if progress is False else None)
     jobs = [(spec, nds, cfg, phase, batch, context, label, validate) for label, nds, _ in plan]
     done: dict[int, tuple] = {}
-    for n, (i, comp, stats) in enumerate(_run_parts(jobs, _workers(workers, len(plan)))):
-        done[i] = (comp, stats)
-        if bar is None:
-            progress(n + 1, len(plan), plan[i][0])
-        else:
-            bar.label = f"simulate {plan[i][0]}"
-            bar.update()
+    lock = threading.Lock()
+
+    def finished(i: int, comp, stats) -> None:
+        with lock:
+            done[i] = (comp, stats)
+            if bar is None:
+                progress(len(done), len(plan), plan[i][0])
+            else:
+                bar.label = f"simulate {plan[i][0]}"
+                bar.update()
+
+    _run_parts(jobs, _workers(workers, len(plan)), finished)
     if bar is not None:
         bar.close()
     for i, (label, nds, times) in enumerate(plan):
@@ -267,28 +273,55 @@ def _run_indexed(i: int, spool: str):
     return i, path
 
 
-def _run_parts(jobs: list, workers: int):
-    """Yield (index, compiled, stats) for every job as it finishes. With ``workers`` > 1 this
-    process runs the costliest job (``_cost``) while ``workers - 1`` forked ones take the
-    rest, costliest first; each job is a separate, deterministic simulation of an idle chip,
-    so the results do not depend on the split."""
+def _run_parts(jobs: list, workers: int, finished) -> None:
+    """Run every job, calling ``finished(index, compiled, stats)`` as each ends. With
+    ``workers`` > 1 this process runs the costliest job (``_cost``) while ``workers - 1``
+    forked ones take the rest, costliest first, and a thread here collects their results (the
+    event loop releases the GIL, so progress shows while this process simulates). Each job is
+    a separate, deterministic simulation of an idle chip: the results do not depend on the
+    split."""
     if workers <= 1:
         for i, job in enumerate(jobs):
-            yield (i, *_run_part(job))
+            finished(i, *_run_part(job))
         return
     order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i][1]))
     _JOBS[:] = jobs       # configs hold mapping proxies, which do not pickle: fork shares them
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool, \
-                multiprocessing.get_context("fork").Pool(workers - 1) as pool:
-            rest = pool.imap_unordered(functools.partial(_run_indexed, spool=spool), order[1:])
-            yield (order[0], *_run_part(jobs[order[0]]))
-            for i, path in rest:
+    stop = threading.Event()
+    failed: list = []
+
+    def collect(results, n: int) -> None:
+        try:
+            while n and not stop.is_set():
+                try:
+                    i, path = results.next(timeout=0.1)
+                except multiprocessing.TimeoutError:
+                    continue
                 with open(path, "rb") as f:
                     comp, stats = pickle.load(f)
                 os.remove(path)
-                yield i, comp, stats
+                finished(i, comp, stats)
+                n -= 1
+        except BaseException as e:      # re-raised in the caller's thread
+            failed.append(e)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool, \
+                multiprocessing.get_context("fork").Pool(workers - 1) as pool:
+            results = pool.imap_unordered(functools.partial(_run_indexed, spool=spool),
+                                          order[1:])
+            collector = threading.Thread(target=collect, args=(results, len(order) - 1),
+                                         daemon=True)
+            collector.start()
+            try:
+                finished(order[0], *_run_part(jobs[order[0]]))
+            except BaseException:
+                stop.set()
+                collector.join()
+                raise
+            collector.join()
+            if failed:
+                raise failed[0]
     finally:
         _JOBS.clear()
 

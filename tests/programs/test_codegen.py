@@ -174,6 +174,29 @@ def test_programs_simulated_in_parallel_equal_one_by_one():
     assert [d for d, *_ in seen] == [1, 2, 3, 4] and {t for _, t, _ in seen} == {4}
     with pytest.raises(InputError, match="workers 0: allowed: an integer >= 1"):
         simulate(cfg, spec, "decode", 2, 8, progress=False, workers=0)
+    from tilesim.arch import _engine
+    assert _engine.chip_run.targetoptions.get("nogil") is True   # progress while it runs
+
+
+@pytest.mark.parametrize("failing", ["moe", "embed"])
+def test_a_program_that_fails_in_a_worker_or_here_raises_its_own_error(failing, monkeypatch):
+    """The costliest program (the MoE layer here) runs in this process, the others in forked
+    workers: an error in either place reaches the caller as itself, once every part has
+    stopped."""
+    import tilesim.step as step
+    real = step._run_part
+    nodes = graph.model_graph(SPECS["moe"], "decode", 2, 8).nodes.values()
+    cost = {L: step._cost([nd for nd in nodes if nd["layer"] == L]) for L in (-1, 0, 1)}
+    assert cost[1] > max(cost[-1], cost[0])   # the MoE layer outweighs embed + head, dense
+
+    def run_part(job):
+        if failing in job[6]:
+            raise InputError(f"{failing} went wrong")
+        return real(job)
+
+    monkeypatch.setattr(step, "_run_part", run_part)
+    with pytest.raises(InputError, match=f"{failing} went wrong"):
+        simulate(tiny_chip("bf16"), SPECS["moe"], "decode", 2, 8, progress=False, workers=2)
 
 
 # ---- tilesim run --------------------------------------------------------------------------

@@ -1666,7 +1666,7 @@ def _ceil_div(a, b):
     return -((-a) // b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
              dur_a, dur_b, s_read, s_write, s_mask, elem_bits,
              prm, cap, core_node,
@@ -1683,7 +1683,8 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     t_final, err, err_instr, sem_cnt, ev_count, byte_hops).
 
     This function allocates the state; ``_chip_loop`` runs the events without reference
-    counting, returning here only when the event heap must grow."""
+    counting, returning here only when the event heap must grow. It releases the GIL
+    (``tilesim.simulate`` collects other workers' results meanwhile)."""
     n_instr = instrs.shape[0]
     n_eng = q_start.shape[0]
     n_cores = core_node.shape[0]
