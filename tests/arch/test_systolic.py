@@ -21,19 +21,8 @@ from tilesim.arch import systolic as sy
 from tilesim.arch.systolic import gemm_cycles, gemm_program, schedule, simulate_pe, simulate_tiles
 from tilesim.errors import InputError
 
-from ..conftest import ROOT
-
 DATA = Path(__file__).resolve().parent.parent / "data"
 BUFFERS = (False, True)
-
-
-def _shared_reference() -> Path | None:
-    """../shared/reference beside the clone (CI) or beside the worktree folder."""
-    for base in (ROOT.parent, ROOT.parent.parent):
-        p = base / "shared" / "reference"
-        if p.is_dir():
-            return p
-    return None
 
 
 def _random_shapes(n: int, seed: int, max_mkn: int = 14, max_rc: int = 6):
@@ -135,15 +124,13 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def test_gemm_cycles_equals_scalesim_sweep_plus_one():
-    """Every row of scalesim_v3_gemm_sweep.csv (ws, exposed weight load), including the runs
+    """Every row of scalesim_v3_gemm_sweep.csv (tests/data, a copy of ../shared/reference's; ws,
+    exposed weight load), including the runs
     SCALE-Sim could not finish. For finished runs, compute_cycles_no_stall and formula_cycles
     are SCALE-Sim's last-cycle index, so the count is that plus one; pred_lines (the trace
     lines SCALE-Sim would write, one per cycle) is that count. Unfinished runs leave
     formula_cycles empty and keep the closed-form count in pred_lines."""
-    ref = _shared_reference()
-    if ref is None:
-        pytest.skip("../shared/reference is not beside this checkout")
-    rows = _read_csv(ref / "scalesim_v3_gemm_sweep.csv")
+    rows = _read_csv(DATA / "scalesim_v3_gemm_sweep.csv")
     assert len(rows) == 45
     finished = unfinished = 0
     for r in rows:
