@@ -13,8 +13,9 @@ from tilesim.arch import _engine as E
 @njit(cache=True)
 def _drive(ops, log2_width, slots):
     """Replay ``ops`` (rows: 0 push at now + delay, 1 push with a sequence number reserved
-    earlier (as _core_event does), 2 reserve one, 3 pop) through a calendar of ``2**log2_width``
-    buckets and ``slots`` slots and a heap; returns the popped (time, payload) rows."""
+    earlier (ev_push_seq, as _core_event does), 2 reserve one, 3 pop) through a calendar of
+    ``2**log2_width`` buckets and ``slots`` slots and a heap; returns the popped (time,
+    payload) rows."""
     h = E.heap_new(ops.shape[0] + 8)
     c = E.cal_new(log2_width, slots)
     out = np.full((ops.shape[0], 2), -1, np.int64)
@@ -27,7 +28,7 @@ def _drive(ops, log2_width, slots):
             E.ev_push(h, c, c[2] + delay, payload)
         elif op == 1 and n_res > 0:
             n_res -= 1
-            E.heap_put_seq(h, c[2] + delay, reserved[n_res], payload)
+            E.ev_push_seq(h, c, c[2] + delay, reserved[n_res], payload)
         elif op == 2:
             reserved[n_res] = h[1]
             h[1] += 1
@@ -81,8 +82,8 @@ def test_chip_loop_runs_without_reference_counting():
     reference counting (atomic increments per array taken out of a tuple) the llama-3-8b layer
     of benchmarks/fingerprint.py ran 2.5x slower. ``_nrt`` is an underscore option of numba,
     so check it stays set."""
-    for f in (E._chip_loop, E.ev_push, E.ev_pop, E.heap_pop, E.heap_put_seq, E.noc_hop,
-              E.noc_inject, E._signal, E._open_stream, E._rebalance, E._stream_events,
+    for f in (E._chip_loop, E.ev_push, E.ev_push_seq, E.ev_pop, E.heap_pop, E.heap_put_seq,
+              E.noc_hop, E.noc_inject, E._signal, E._open_stream, E._rebalance, E._stream_events,
               E._core_event, E.sram_fill_rates, E.sram_settle, E.sram_remove,
               E.sram_stream_start, E._range_mask, E._ceil_div):
         assert f.targetoptions.get("_nrt") is False, f.py_func.__name__

@@ -1122,7 +1122,9 @@ INF = np.int64(2**62)
 # Event queue: a binary min-heap of (time, seq) keys with an int64 payload.
 # Same-time events pop in the order they were pushed (seq), so runs are deterministic.
 # The chip loop puts events due soon in a calendar ring instead (cal_new, ev_push, ev_pop):
-# O(1) per event, and the same pop order, as a pop takes the smaller key of both.
+# O(1) per event, and the same pop order, as a pop takes the smaller key of both. Each bucket
+# is a FIFO in sequence order; ev_push_seq (SRAM stream events, whose sequence numbers were
+# taken earlier) inserts in order, which took 120 M heap pushes and pops off a prefill layer.
 # ============================================================================================
 
 
@@ -1267,6 +1269,47 @@ def ev_push(h, c, time, payload):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def ev_push_seq(h, c, time, seq, payload):
+    """:func:`ev_push` with a sequence number taken earlier (``h[1]`` is not advanced; it may
+    be older than events already queued at ``time``): a bucket is kept in sequence order, so
+    the event goes in after the last older one (at the tail when it is the newest, the usual
+    case)."""
+    w = c[3]
+    k = c[1]
+    if 0 <= time - c[2] < w and k >= 0:
+        o_slot = 8 + 2 * w + (w >> 6)
+        e = o_slot + 3 * k
+        c[1] = c[e + 2]
+        c[e] = seq
+        c[e + 1] = payload
+        b = time & (w - 1)
+        first = c[8 + b]
+        if first < 0:
+            c[e + 2] = -1
+            c[8 + b] = k
+            c[8 + w + b] = k
+            c[8 + 2 * w + (b >> 6)] |= np.int64(1) << (b & 63)
+        elif c[o_slot + 3 * c[8 + w + b]] < seq:
+            c[e + 2] = -1
+            c[o_slot + 3 * c[8 + w + b] + 2] = k
+            c[8 + w + b] = k
+        elif seq < c[o_slot + 3 * first]:
+            c[e + 2] = first
+            c[8 + b] = k
+        else:
+            prev = first
+            nxt = c[o_slot + 3 * prev + 2]
+            while c[o_slot + 3 * nxt] < seq:
+                prev = nxt
+                nxt = c[o_slot + 3 * prev + 2]
+            c[e + 2] = nxt
+            c[o_slot + 3 * prev + 2] = k
+        c[0] += 1
+    else:
+        heap_put_seq(h, time, seq, payload)
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def ev_pop(h, c):
     """Remove the earliest (time, seq) event of calendar ``c`` and heap ``h`` (not both empty);
     returns (time, payload) and makes that time the calendar's current time."""
@@ -1405,8 +1448,9 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
     A bank's level, (cap - load) / share, is divided out only when a multiplication cannot
     show it to lie above 1 + 1e-9 times the lowest so far, all positive and at least the 1e-9
     floor (it then can neither be the minimum nor freeze a stream, whose test has a 1e-12
-    margin); those divided out are kept for the freeze test. So the rates are bit for bit those of dividing at every bank, as this did
-    before (a division per bank was a fifth of a llama prefill's run time)."""
+    margin); those divided out are kept for the freeze test. So the rates are bit for bit
+    those of dividing at every bank, as this did before (a division per bank was a fifth of
+    a llama prefill's run time)."""
     load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
     share = scratch[n_banks:2 * n_banks]
     blev = scratch[2 * n_banks:3 * n_banks]   # a bank's level when divided out, else +inf
@@ -1535,7 +1579,7 @@ def sram_remove(core, s, c_head, st):
 
 
 @njit(cache=True, _nrt=False)
-def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel):
+def _core_event(h, cq, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel):
     """Queue one EV_STREAM event for ``core``: its live stream with the earliest (finish, seq)
     key, under the key that stream's own event would have had (one event per core, not per
     stream; the same pop order). Invalidates the core's previous event."""
@@ -1550,11 +1594,11 @@ def _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
         x = st_next[x]
     c_sel[core] = best
     if best >= 0:
-        heap_put_seq(h, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
+        ev_push_seq(h, cq, st_fin[best], st_seq[best], 2 + 16 * (core + (c_ver[core] << 28)))
 
 
 @njit(cache=True, _nrt=False)
-def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live, c_ver,
+def _stream_events(h, cq, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live, c_ver,
                    c_sel):
     """After a re-balance of ``core``: every stream's finish time and the sequence number its
     event takes; returns the latest finish time."""
@@ -1569,23 +1613,23 @@ def _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq,
         if fin > tmx:
             tmx = fin
         x = st_next[x]
-    _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+    _core_event(h, cq, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
     return tmx
 
 
 @njit(cache=True, _nrt=False)
-def _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live, c_ver,
+def _rebalance(h, cq, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live, c_ver,
                c_sel):
     """Re-share ``core``'s banks among its streams and queue the core's next stream event;
     returns the latest finish time."""
     (st_core, st_next, st_rem, st_nom, st_rate, st_t, st_mask, st_ver, st_owner, free) = st
     sram_fill_rates(c_head[core], st_next, st_nom, st_mask, st_rate, n_banks, cap, scratch)
-    return _stream_events(h, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live,
+    return _stream_events(h, cq, core, t, c_head, st_next, st_rem, st_rate, st_fin, st_seq, st_live,
                           c_ver, c_sel)
 
 
 @njit(cache=True, _nrt=False)
-def _open_stream(h, core, t, nbytes, nominal, mask, owner, c_head, st, n_banks, cap, scratch,
+def _open_stream(h, cq, core, t, nbytes, nominal, mask, owner, c_head, st, n_banks, cap, scratch,
                  st_fin, st_seq, st_live, c_ver, c_sel):
     """Bring ``core``'s streams up to ``t``, start one more (``nbytes`` at up to ``nominal``
     bytes/cycle over the banks of ``mask``, for ``owner``) and re-balance. Returns
@@ -1594,7 +1638,7 @@ def _open_stream(h, core, t, nbytes, nominal, mask, owner, c_head, st, n_banks, 
     if sram_stream_start(core, nbytes, nominal, mask, owner, t, c_head, st, n_banks, cap,
                          scratch) < 0:
         return False, np.int64(-1)
-    tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live,
+    tmx = _rebalance(h, cq, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq, st_live,
                      c_ver, c_sel)
     return True, tmx
 
@@ -1886,13 +1930,13 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
             sram_settle(core, t, c_head, st)
             if st_rem[s] > 1e-6:
                 # not done at its computed finish: it waits for the next re-balance
-                _core_event(h, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
+                _core_event(h, cq, core, c_head, st_next, st_fin, st_seq, st_live, c_ver, c_sel)
                 continue
             owner = st_owner[s]
             sram_remove(core, s, c_head, st)
             # re-balance the remaining streams of this core
             if c_head[core] >= 0:
-                tmx = _rebalance(h, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
+                tmx = _rebalance(h, cq, core, t, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
                                  st_live, c_ver, c_sel)
                 if tmx > t_stale:
                     t_stale = tmx
@@ -1994,9 +2038,9 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                     nb = s_read[i] + s_write[i]
                     sram_rd[core] += s_read[i]
                     sram_wr[core] += s_write[i]
-                    ok, tmx = _open_stream(h, core, t, float(nb), nb / max(dur_a[i], 1), s_mask[i],
-                                           i, c_head, st, n_banks, cap, scratch, st_fin, st_seq,
-                                           st_live, c_ver, c_sel)
+                    ok, tmx = _open_stream(h, cq, core, t, float(nb), nb / max(dur_a[i], 1),
+                                           s_mask[i], i, c_head, st, n_banks, cap, scratch,
+                                           st_fin, st_seq, st_live, c_ver, c_sel)
                     if not ok:
                         err = ERR_POOL
                         err_instr = i
@@ -2214,7 +2258,7 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 p_mc[p] = -1
                 core_j = p_node[p]
                 sram_wr[core_j] += r_bytes[r]
-                ok, tmx = _open_stream(h, core_j, t, float(r_bytes[r]), float(flit_bytes),
+                ok, tmx = _open_stream(h, cq, core_j, t, float(r_bytes[r]), float(flit_bytes),
                                        r_dst_mask[r], -(r + 1), c_head, st, n_banks, cap,
                                        scratch, st_fin, st_seq, st_live, c_ver, c_sel)
                 if not ok:
@@ -2354,7 +2398,7 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 th = noc_inject(link_free, n_links, send_from, t, flits, inject_cycles)
                 ev_push(h, cq, th, EV_HOP + 16 * p)
             elif stream_core >= 0:
-                ok, tmx = _open_stream(h, stream_core, t, float(r_bytes[r]), float(flit_bytes),
+                ok, tmx = _open_stream(h, cq, stream_core, t, float(r_bytes[r]), float(flit_bytes),
                                        stream_mask, -(r + 1), c_head, st, n_banks, cap,
                                        scratch, st_fin, st_seq, st_live, c_ver, c_sel)
                 if not ok:

@@ -26,7 +26,8 @@ _POS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
 _SUB = {name: INSTR_DTYPE[name].shape[0] for name in INSTR_DTYPE.names if INSTR_DTYPE[name].shape}
 _FIELD = {name: (i, _SUB.get(name, 0)) for name, i in _POS.items()}   # position, sub-array length
 _WAIT_SEM, _WAIT_COUNT, _SIGNAL_SEM = _POS["wait_sem"], _POS["wait_count"], _POS["signal_sem"]
-_OP, _SRC, _DST, _SHAPE, _DTYPE = (_POS[f] for f in ("op", "src_addr", "dst_addr", "shape", "dtype"))
+_OP, _SRC, _DST, _SHAPE, _DTYPE = (_POS[f]
+                                   for f in ("op", "src_addr", "dst_addr", "shape", "dtype"))
 _SRC_STRIDE, _DST_STRIDE = _POS["src_stride"], _POS["dst_stride"]
 _DST_CORE, _MC_COUNT, _MC_STRIDE = _POS["dst_core"], _POS["mc_count"], _POS["mc_stride"]
 _TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
