@@ -13,10 +13,10 @@ the numbers do not depend on how many.
 """
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import pickle
+import queue
 import tempfile
 import threading
 import time
@@ -239,14 +239,16 @@ def _workers(workers: int | None, parts: int) -> int:
     """Processes to simulate ``parts`` programs with: ``workers``, or by default one per CPU
     this process may use, but one (in this process) when called from a thread other than the
     main one or from a daemon process (a Dask or multiprocessing worker: its pool already
-    fills the machine) or where fork is unavailable."""
+    fills the machine); always one where fork is unavailable."""
     if workers is not None:
         if not isinstance(workers, int) or workers < 1:
             raise InputError(f"workers {workers!r}: allowed: an integer >= 1")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if workers is not None:
         return min(workers, parts)
     if (threading.current_thread() is not threading.main_thread()
-            or multiprocessing.current_process().daemon
-            or "fork" not in multiprocessing.get_all_start_methods()):
+            or multiprocessing.current_process().daemon):
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cpus or 1, parts))
@@ -264,65 +266,110 @@ def _run_part(job):
 _JOBS: list = []   # the jobs of the running _run_parts, which forked workers inherit
 
 
-def _run_indexed(i: int, spool: str):
-    """Run job ``i`` in a worker; the result goes back as a pickle file in ``spool`` (a layer
-    program is ~100 MB: a file on tmpfs takes a tenth of the time of the pool's pipe)."""
-    path = os.path.join(spool, f"part{i}.pickle")
-    with open(path, "wb") as f:
-        pickle.dump(_run_part(_JOBS[i]), f, protocol=pickle.HIGHEST_PROTOCOL)
-    return i, path
+def _worker(order: list, taken, results, spool: str) -> None:
+    """A forked worker: take the next job of ``order`` (shared counter ``taken``) until none is
+    left; put (index, pickle path, None) or (index, None, error) on ``results``. A program's
+    result is ~100 MB: a file on tmpfs takes a tenth of the time of a pipe."""
+    while True:
+        with taken.get_lock():
+            k = taken.value
+            taken.value += 1
+        if k >= len(order):
+            return
+        i = order[k]
+        try:
+            path = os.path.join(spool, f"part{i}.pickle")
+            with open(path, "wb") as f:
+                pickle.dump(_run_part(_JOBS[i]), f, protocol=pickle.HIGHEST_PROTOCOL)
+            results.put((i, path, None))
+        except BaseException as e:       # noqa: BLE001 - handed to the parent as it is
+            try:
+                pickle.dumps(e)
+            except Exception:             # noqa: BLE001 - an error that does not pickle
+                e = RuntimeError(f"{e.__class__.__name__}: {e}")
+            results.put((i, None, e))
+            return
 
 
 def _run_parts(jobs: list, workers: int, finished) -> None:
-    """Run every job, calling ``finished(index, compiled, stats)`` as each ends. With
-    ``workers`` > 1 this process runs the costliest job (``_cost``) while ``workers - 1``
-    forked ones take the rest, costliest first, and a thread here collects their results (the
-    event loop releases the GIL, so progress shows while this process simulates). Each job is
-    a separate, deterministic simulation of an idle chip: the results do not depend on the
-    split."""
+    """Run every job, calling ``finished(index, compiled, stats)`` as each ends (one call at a
+    time). With ``workers`` > 1, this process and ``workers - 1`` forked ones take jobs from one
+    list, costliest first (``_cost``; this process takes the first, whose result then need not
+    travel), and a thread here collects the workers' results (the event loop releases the
+    GIL, so progress shows while this process simulates). Each job is a separate,
+    deterministic simulation of an idle chip: the results do not depend on the split. An
+    error in any job (or a worker that dies) stops the others and is raised here."""
     if workers <= 1:
         for i, job in enumerate(jobs):
             finished(i, *_run_part(job))
         return
+    ctx = multiprocessing.get_context("fork")
     order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i][1]))
-    _JOBS[:] = jobs       # configs hold mapping proxies, which do not pickle: fork shares them
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    taken = ctx.Value("q", 1)         # this process takes the costliest job, order[0]
+    results = ctx.Queue()
     stop = threading.Event()
     failed: list = []
+    left = [len(jobs)]
+    lock = threading.Lock()
 
-    def collect(results, n: int) -> None:
-        try:
-            while n and not stop.is_set():
-                try:
-                    i, path = results.next(timeout=0.1)
-                except multiprocessing.TimeoutError:
-                    continue
+    def done(i, comp, stats) -> None:
+        finished(i, comp, stats)
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                stop.set()
+
+    def collect(procs) -> None:
+        while not stop.is_set():
+            try:
+                i, path, err = results.get(timeout=0.1)
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    failed.append(RuntimeError(f"a simulation worker died (exit code "
+                                               f"{dead[0]}); try --workers 1"))
+                    stop.set()
+                continue
+            try:
+                if err is not None:
+                    raise err
                 with open(path, "rb") as f:
                     comp, stats = pickle.load(f)
                 os.remove(path)
-                finished(i, comp, stats)
-                n -= 1
-        except BaseException as e:      # re-raised in the caller's thread
-            failed.append(e)
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool, \
-                multiprocessing.get_context("fork").Pool(workers - 1) as pool:
-            results = pool.imap_unordered(functools.partial(_run_indexed, spool=spool),
-                                          order[1:])
-            collector = threading.Thread(target=collect, args=(results, len(order) - 1),
-                                         daemon=True)
-            collector.start()
-            try:
-                finished(order[0], *_run_part(jobs[order[0]]))
-            except BaseException:
+                done(i, comp, stats)
+            except BaseException as e:   # noqa: BLE001 - re-raised in the caller's thread
+                failed.append(e)
                 stop.set()
-                collector.join()
-                raise
+
+    _JOBS[:] = jobs       # configs hold mapping proxies, which do not pickle: fork shares them
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    procs: list = []
+    collector = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool:
+            procs = [ctx.Process(target=_worker, args=(order, taken, results, spool),
+                                 daemon=True) for _ in range(workers - 1)]
+            for p in procs:
+                p.start()
+            collector = threading.Thread(target=collect, args=(procs,), daemon=True)
+            collector.start()
+            k = 0
+            while k < len(order) and not stop.is_set():
+                done(order[k], *_run_part(jobs[order[k]]))
+                with taken.get_lock():
+                    k = taken.value
+                    taken.value += 1
             collector.join()
             if failed:
                 raise failed[0]
     finally:
+        stop.set()
+        if collector is not None:
+            collector.join()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
         _JOBS.clear()
 
 

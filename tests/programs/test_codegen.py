@@ -199,6 +199,23 @@ def test_a_program_that_fails_in_a_worker_or_here_raises_its_own_error(failing, 
         simulate(tiny_chip("bf16"), SPECS["moe"], "decode", 2, 8, progress=False, workers=2)
 
 
+def test_a_worker_that_dies_is_an_error_not_a_hang(monkeypatch):
+    """A forked worker killed mid-job (out of memory, a signal) never sends its result: the
+    step fails with one line saying so instead of waiting for it."""
+    import os
+    import tilesim.step as step
+    real, parent = step._run_part, os.getpid()
+
+    def run_part(job):
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(job)
+
+    monkeypatch.setattr(step, "_run_part", run_part)
+    with pytest.raises(RuntimeError, match=r"a simulation worker died \(exit code 3\)"):
+        simulate(tiny_chip("bf16"), SPECS["moe"], "decode", 2, 8, progress=False, workers=2)
+
+
 # ---- tilesim run --------------------------------------------------------------------------
 
 
