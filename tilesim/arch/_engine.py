@@ -1124,7 +1124,8 @@ INF = np.int64(2**62)
 # The chip loop puts events due soon in a calendar ring instead (cal_new, ev_push, ev_pop):
 # O(1) per event, and the same pop order, as a pop takes the smaller key of both. Each bucket
 # is a FIFO in sequence order; ev_push_seq (SRAM stream events, whose sequence numbers were
-# taken earlier) inserts in order, which took 120 M heap pushes and pops off a prefill layer.
+# taken earlier) inserts in order: the 119 M stream events of a llama-3-8b prefill-2048 layer
+# then leave the heap (77 -> 70 s).
 # ============================================================================================
 
 
@@ -1241,37 +1242,11 @@ def cal_new(log2_width, slots):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def ev_push(h, c, time, payload):
-    """Queue an event at ``time`` (cycles, not before the current time) with the next
-    sequence number: in calendar ``c`` when it is due within its width and a slot is free,
-    else in heap ``h`` (which must have a free slot)."""
-    seq = h[1]
-    h[1] += 1
-    w = c[3]
-    k = c[1]
-    if 0 <= time - c[2] < w and k >= 0:
-        o_slot = 8 + 2 * w + (w >> 6)
-        e = o_slot + 3 * k
-        c[1] = c[e + 2]
-        c[e] = seq
-        c[e + 1] = payload
-        c[e + 2] = -1
-        b = time & (w - 1)
-        if c[8 + b] < 0:
-            c[8 + b] = k
-            c[8 + 2 * w + (b >> 6)] |= np.int64(1) << (b & 63)
-        else:
-            c[o_slot + 3 * c[8 + w + b] + 2] = k
-        c[8 + w + b] = k
-        c[0] += 1
-    else:
-        heap_put_seq(h, time, seq, payload)
-
-
-@njit(cache=True, _nrt=False, inline="always")
 def ev_push_seq(h, c, time, seq, payload):
-    """:func:`ev_push` with a sequence number taken earlier (``h[1]`` is not advanced; it may
-    be older than events already queued at ``time``): a bucket is kept in sequence order, so
+    """Queue an event at ``time`` (cycles, not before the current time) under sequence number
+    ``seq``, taken earlier (``h[1]`` is not advanced; it may be older than events already
+    queued at ``time``): in calendar ``c`` when it is due within its width and a slot is free,
+    else in heap ``h`` (which must have a free slot). A bucket is kept in sequence order, so
     the event goes in after the last older one (at the tail when it is the newest, the usual
     case)."""
     w = c[3]
@@ -1307,6 +1282,17 @@ def ev_push_seq(h, c, time, seq, payload):
         c[0] += 1
     else:
         heap_put_seq(h, time, seq, payload)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ev_push(h, c, time, payload):
+    """Queue an event at ``time`` (cycles, not before the current time) with the next
+    sequence number: in calendar ``c`` when it is due within its width and a slot is free,
+    else in heap ``h`` (which must have a free slot). Being the newest, it goes at the tail
+    of its bucket."""
+    seq = h[1]
+    h[1] += 1
+    ev_push_seq(h, c, time, seq, payload)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -1449,8 +1435,9 @@ def sram_fill_rates(head, st_next, st_nom, st_mask, st_rate, n_banks, cap, scrat
     show it to lie above 1 + 1e-9 times the lowest so far, all positive and at least the 1e-9
     floor (it then can neither be the minimum nor freeze a stream, whose test has a 1e-12
     margin); those divided out are kept for the freeze test. So the rates are bit for bit
-    those of dividing at every bank, as this did before (a division per bank was a fifth of
-    a llama prefill's run time)."""
+    those of dividing at every bank, as this did before. (This function was a fifth of a
+    llama-3-8b prefill-2048 layer's run time; skipping the divisions and stopping once every
+    stream is frozen took that layer from 85.5 to 77 s.)"""
     load = scratch[:n_banks]          # bytes/cycle of frozen streams per bank
     share = scratch[n_banks:2 * n_banks]
     blev = scratch[2 * n_banks:3 * n_banks]   # a bank's level when divided out, else +inf

@@ -85,7 +85,8 @@ SRAM) is the business of :mod:`tilesim.isa.validate`, which reports it by line.
 
 A symbolic address names a buffer the operand can actually reach: a load reads DRAM and writes
 the SRAM of its own core (of ``dst_core`` for a multicast), a store the reverse, a DMA copy
-reads its own core's SRAM and writes the SRAM of ``dst_core``, and ldw, mm and the vector ops read and write their own core's SRAM.
+reads its own core's SRAM and writes the SRAM of ``dst_core``, and ldw, mm and the vector ops
+read and write their own core's SRAM.
 Operands an instruction does not use (``src2`` of a load, any address of nop) take numbers only.
 
 Canonical text
@@ -173,7 +174,8 @@ _ADDR_FIELDS = {"src": "src_addr", "src2": "src2_addr", "dst": "dst_addr"}
 _SCALAR_FIELDS = ("dst_core", "mc_count", "mc_stride", "m", "k", "n", "src2_stride")
 _LIST_PAD = {"shape": 1, "src_stride": 0, "dst_stride": 0}
 KEYS = ("wait", "src", "src2", "dst_core", "mc_count", "mc_stride", "dst", "m", "k", "n",
-        "shape", "src_stride", "src2_stride", "dst_stride", "dtype", "dtype2", "flags", "imm", "imm_bits", "signal")
+        "shape", "src_stride", "src2_stride", "dst_stride", "dtype", "dtype2", "flags", "imm",
+        "imm_bits", "signal")
 """Instruction keys, in the order the disassembler writes them."""
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")

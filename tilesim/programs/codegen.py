@@ -135,15 +135,22 @@ class Emitter:
             return None
         return self.prev
 
-    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
+    def _sync(self, core: int, engine: int, wait, signal, final: bool) -> tuple[list, list]:
+        """An instruction's waits and signals: the given ones without the Nones, the op
+        barrier on a queue's first instruction of the op, and the op's done semaphore when it
+        is one of the instructions that finish the op (``final``)."""
         wait = [w for w in wait if w is not None]
         bar = self._barrier(core, engine, len(wait))
         if bar is not None:
             wait.append(bar)
         signal = [s for s in signal if s is not None]
         if final:
-            signal = signal + [self.done]
+            signal.append(self.done)
             self.done_count += 1
+        return wait, signal
+
+    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
+        wait, signal = self._sync(core, engine, wait, signal, final)
         self._raw(core, engine, wait, signal, **f)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
@@ -200,19 +207,11 @@ class Emitter:
     def _move(self, op, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
               heads, src_head, dst_head, final, dst_core=-1, mc_count=0, mc_stride=0):
         """:meth:`emit` of one DMA descriptor, by the builder's direct path."""
-        d = DTYPES[dt]
-        e = max(d.bits // 8, 1)
+        e = _eb(dt)
         engine = int(Engine.DMA) + dma
-        wait = [w for w in wait if w is not None]
-        bar = self._barrier(core, engine, len(wait))
-        if bar is not None:
-            wait.append(bar)
-        signal = [s for s in signal if s is not None]
-        if final:
-            signal.append(self.done)
-            self.done_count += 1
+        wait, signal = self._sync(core, engine, wait, signal, final)
         self.b.emit_dma(core, engine, wait, signal, int(op), src, dst, (1, heads, rows, cols),
-                        (0, src_head, src_row, e), (0, dst_head, dst_row, e), d.code,
+                        (0, src_head, src_row, e), (0, dst_head, dst_row, e), _code(dt),
                         dst_core, mc_count, mc_stride)
         self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
 
@@ -407,9 +406,10 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
     take contiguous runs of super-units (product, gm m-blocks, gn n-tiles); in each, core
     (a, b) = base + a * gn + b computes m-block a and n-tile b. Per chunk of kl K-rows, X of
     row a is read once and multicast to the row's active cores, W of column b to the column's;
-    each active core of the row (column) issues a share of the rows, rotating by chunk. Semaphores: xfull[a][slot] and
-    wfull[b][slot] count fills, empty[slot] counts every active core's use of a slot (a refill
-    waits for all of them), and per core conv, acc, out, stored as in the plain loop."""
+    each active core of the row (column) issues a share of the rows, rotating by chunk.
+    Semaphores: xfull[a][slot] and wfull[b][slot] count fills, empty[slot] counts every active
+    core's use of a slot (a refill waits for all of them), and per core conv, acc, out, stored
+    as in the plain loop."""
     sa = em.cfg.cores.systolic
     in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
     m, k, n = job.m, job.k, job.n

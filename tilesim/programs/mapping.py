@@ -17,9 +17,9 @@ chunk is read from DRAM once and multicast to the ``gn`` cores of its row, each 
 once and multicast to the ``gm`` cores of its column (LOAD with dst_core, like H100 TMA
 multicast in a cluster or Tenstorrent's NoC multicast); ``gm * gn`` is at most
 ``cores.dma.multicast_cores``, and every core of a row (column) issues a share of the row's X
-(the column's W) chunk, so no one DMA engine's outstanding requests limit a group. The cores of a group step through
-their chunks together: a slot is refilled when every core of the group has used it. X is
-streamed in this mode (never resident).
+(the column's W) chunk, so no one DMA engine's outstanding requests limit a group. The cores
+of a group step through their chunks together: a slot is refilled when every core of the
+group has used it. X is streamed in this mode (never resident).
 
 The search (:func:`plan_matmul`) is analytic: for every candidate (w, mb, kl, resident, gm,
 gn) that fits the SRAM with double buffering it estimates
