@@ -644,6 +644,46 @@ def run(program: Program, cfg: ChipConfig, functional: bool = False,
     return stats
 
 
+def _added(values: list):
+    """The sum of like values: numbers, arrays, or dicts of them (key by key); a string (a
+    name) or any other value is taken from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _added([v[k] for v in values]) for k in first}
+    if isinstance(first, (int, float, np.ndarray, np.integer, np.floating)) \
+            and not isinstance(first, bool):
+        return sum(values[1:], first)
+    return first
+
+
+def join_runs(program: Program, runs: list[tuple[RunStats, np.ndarray]]) -> RunStats:
+    """The RunStats of ``program`` run as its segments (``Program.split``), one after another
+    on an idle chip: segment k starts when the last instruction of segment k - 1 completes.
+    ``runs``: (stats, index) per segment in order, ``index`` its instructions' positions in
+    ``program``. Times are shifted by the segment's start; counts, bytes, events and energy
+    add up."""
+    n = len(program.instrs)
+    times = {f: np.full(n, -1, np.int64) for f in ("t_issue", "t_start", "t_end")}
+    offset = 0
+    for s, idx in runs:
+        for f, arr in times.items():
+            arr[idx] = getattr(s, f) + offset
+        offset += s.cycles
+    stats = [s for s, _ in runs]
+    add = {f: _added([getattr(s, f) for s in stats]) for f in (
+        "engine_busy", "sram_read_bytes", "sram_write_bytes", "dma_requests", "dram_read_bytes",
+        "dram_write_bytes", "noc_link_flits", "noc_flit_hops", "noc_byte_hops",
+        "noc_injected_flits", "noc_ejected_flits", "events", "dram", "energy_pj")}
+    for f in ("macs", "vector_ops"):       # a datatype or op only some segments have
+        add[f] = {k: sum(getattr(s, f).get(k, 0) for s in stats)
+                  for k in sorted({k for s in stats for k in getattr(s, f)})}
+    for k in ("standard", "channels", "peak_gbps"):   # the same memory in every segment
+        if k in add["dram"]:
+            add["dram"][k] = stats[0].dram[k]
+    return RunStats(program=program.name, chip=stats[0].chip, clock_ghz=stats[0].clock_ghz,
+                    cycles=offset, energy_table=stats[0].energy_table, **times, **add)
+
+
 def _deadlock_message(program: Program, t_end: np.ndarray, sems: np.ndarray) -> str:
     """Every queue's first unfinished instruction and the semaphore it waits on."""
     parts = []

@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ignore-capacity", action="store_true",
                    help="run even if weights and KV cache exceed the chip's memory")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes to simulate the programs in (default: one per CPU; the "
+                   help="processes to simulate the ops in (default: one per CPU; the "
                         "results do not depend on it)")
     p.add_argument("--top", type=int, default=8, help="ops to list (default 8)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -106,6 +106,46 @@ class Program:
                     return c, e, index - s
         raise IndexError(index)
 
+    def split(self, tags: np.ndarray) -> list[tuple["Program", np.ndarray]]:
+        """Cut the program into one program per segment: ``tags`` (int[instr], non-decreasing
+        along every queue) names each instruction's segment, e.g. the op it belongs to.
+        Returns [(program, index)] in segment order, ``index`` the positions in ``instrs`` of
+        the segment's instructions (its own order). A wait on a semaphore that no instruction
+        of the segment signals is dropped: it is the barrier on the segments before, which are
+        over when this one starts. Empty segments are left out."""
+        tags = np.asarray(tags)
+        qs = self.queue_start.reshape(-1).astype(np.int64)
+        ql = self.queue_len.reshape(-1).astype(np.int64)
+        n_seg = int(tags.max(initial=-1)) + 1
+        # bounds[g, j]: first position of queue g with a tag >= j
+        bounds = np.empty((qs.size, n_seg + 1), np.int64)
+        for g in range(qs.size):
+            t = tags[qs[g]:qs[g] + ql[g]]
+            if t.size > 1 and (np.diff(t) < 0).any():
+                raise ValueError(f"{self.name}: segment tags go back along queue {g}")
+            bounds[g] = qs[g] + np.searchsorted(t, np.arange(n_seg + 1), side="left")
+        bounds[:, n_seg] = qs + ql
+        out = []
+        for j in range(n_seg):
+            lo, hi = bounds[:, j], bounds[:, j + 1]
+            lens = hi - lo
+            if not lens.any():
+                continue
+            idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi) if b > a])
+            ins = self.instrs[idx]
+            signalled = np.unique(ins["signal_sem"])
+            ws = ins["wait_sem"]
+            outside = (ws != NO_SEM) & ~np.isin(ws, signalled)
+            ws[outside] = NO_SEM
+            ins["wait_count"][outside] = 0
+            start = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            out.append((Program(self.n_cores, self.dma_engines, ins,
+                                start.reshape(self.queue_start.shape),
+                                lens.reshape(self.queue_len.shape), self.semaphores,
+                                self.buffers, None if self.lines is None else self.lines[idx],
+                                self.name, self.source), idx))
+        return out
+
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
             if b.name == name:
