@@ -179,7 +179,7 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     progress: None (a bar on stderr when it is a terminal), False (silent) or a callable
     ``progress(done, total, label)`` called after each program, in the order they finish (from
     a helper thread, one call at a time, when several processes run them).
-    workers: processes to run the programs in (default: one per CPU, see ``_workers``); the
+    workers: processes to run the ops in (default: one per CPU, see ``_workers``); the
     results are the same for any number."""
     from tilesim.programs import graph, models
 
@@ -364,11 +364,8 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
     as each program's last op ends (``stats`` joins its ops' runs, see arch.chip.join_runs);
     one call at a time.
 
-    Ops end in a chip-wide barrier (codegen), so each op's instructions run as a program of
-    their own on an idle chip, one op after another; all that does not carry over from one op
-    to the next is the DRAM's open rows and refresh phase (a llama-3-8b decode layer: 0.05%
-    fewer cycles than one run of the whole program). Every op being a deterministic simulation
-    of an idle chip, the results do not depend on ``workers``.
+    Each op runs as a program of its own on an idle chip (``Program.split``; the module
+    docstring says what that leaves out), so the results do not depend on ``workers``.
 
     With ``workers`` > 1, this process and ``workers - 1`` forked ones take programs from one
     list, costliest first (``_cost``; this process takes the first). A worker compiles its

@@ -229,6 +229,18 @@ def test_ops_run_one_by_one_equal_the_whole_program_up_to_dram_state(name):
     assert sum(joined.events.values()) == sum(sum(s.events.values()) for s, _ in runs)
 
 
+def test_a_program_with_no_instructions_is_one_op():
+    """An empty program still splits into one op (itself), whose run joins to 0 cycles: a step
+    never waits for the ops of a program that has none."""
+    from tilesim.isa.program import ProgramBuilder
+    cfg = tiny_chip()
+    empty = ProgramBuilder(cfg.cores.count, cfg.cores.dma.engines, "empty").build()
+    (prog, idx), = empty.split(np.zeros(0, np.int64))
+    assert prog is empty and idx.size == 0
+    joined = chip.join_runs(empty, [(chip.run(prog, cfg), idx)])
+    assert joined.cycles == 0 and joined.instructions == 0
+
+
 @pytest.mark.parametrize("failing", ["moe", "embed"])
 def test_an_op_that_fails_in_a_worker_or_here_raises_its_own_error(failing, monkeypatch):
     """The cheapest programs compile first and their ops go to a forked worker; this process

@@ -1762,6 +1762,7 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     r_next = rrow[:, 10]
     r_sram_mask = rrow.view(np.uint64)[:, 11]
     r_dst_mask = rrow.view(np.uint64)[:, 12]
+    r_ovf = rrow[:, 13]                        # next request waiting for the same channel
     for j in range(pool):
         r_next[j] = j + 1
     r_next[pool - 1] = -1
@@ -1807,8 +1808,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     # memory channels
     ch_next = np.full(max(n_ch, 1), INF, np.int64)    # DRAM cycle of next service
     ch_evt = np.full(max(n_ch, 1), INF, np.int64)     # core time of the scheduled event
-    ovf = np.full((max(n_ch, 1), pool), -1, np.int64)  # requests waiting for a queue slot
-    ovf_h = np.zeros(max(n_ch, 1), np.int64)
+    # requests waiting for a slot in their channel's queue: a FIFO per channel, linked
+    # through r_ovf (head, tail and length per channel)
+    ovf_h = np.full(max(n_ch, 1), -1, np.int64)
+    ovf_t = np.full(max(n_ch, 1), -1, np.int64)
     ovf_n = np.zeros(max(n_ch, 1), np.int64)
     req_count = np.zeros(4, np.int64)
     dram_bytes = np.zeros(2, np.int64)                # read, write
@@ -1819,10 +1822,10 @@ def chip_run(instrs, i_eng, q_start, q_end, eng_kind, eng_core,
     eng = (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
            m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot)
     rq = (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
-          r_dst_mask, r_left, r_next)
+          r_dst_mask, r_left, r_next, r_ovf)
     pk = (p_dst, p_flits, p_bytes, p_node, p_req, p_mc, p_next, link_free, link_flits)
     sr = (st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel)
-    mc = (ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes)
+    mc = (ch_next, ch_evt, ovf_h, ovf_t, ovf_n, req_count, dram_bytes)
     reg = np.zeros(8, np.int64)       # the loop's registers (_chip_loop)
     reg[7] = -1                       # no instruction to blame
     # the most one event can push: a wake-up and a stream per engine, a channel's queue
@@ -1860,11 +1863,11 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
     (pc, state, w_next, sem_head, sem_cnt, m_ldw_busy, m_accept_end, m_stream_busy,
      m_mm_inflight, d_instr, d_idx, d_off, d_out, d_wait_slot) = eng
     (r_g, r_i, r_kind, r_stage, r_dram, r_ch, r_bytes, r_src_core, r_dst_core, r_sram_mask,
-     r_dst_mask, r_left, r_next) = rq
+     r_dst_mask, r_left, r_next, r_ovf) = rq
     p_dst, p_flits, p_bytes, p_node, p_req, p_mc, p_next, link_free, link_flits = pk
     st, c_head, scratch, sram_rd, sram_wr, st_fin, st_seq, st_live, c_ver, c_sel = sr
     st_next, st_rem, st_owner = st[1], st[2], st[8]
-    ch_next, ch_evt, ovf, ovf_h, ovf_n, req_count, dram_bytes = mc
+    ch_next, ch_evt, ovf_h, ovf_t, ovf_n, req_count, dram_bytes = mc
     n_cores = core_node.shape[0]
     max_out = prm[1]
     req_bytes = prm[2]
@@ -2274,11 +2277,11 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 tc = _ceil_div(dram_completion(dram_S, r) * dram_fs, core_fs)
                 ev_push(h, cq, max(tc, t), EV_REQ + 16 * r)
             while ovf_n[ch] > 0:
-                r = ovf[ch, ovf_h[ch]]
+                r = ovf_h[ch]
                 if not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
                                     r_kind[r] == RQ_STORE, d_now + 1):
                     break
-                ovf_h[ch] = (ovf_h[ch] + 1) % pool
+                ovf_h[ch] = r_ovf[r]
                 ovf_n[ch] -= 1
                 ch_next[ch] = min(ch_next[ch], d_now + 1)
             if ch_next[ch] < INF:
@@ -2400,7 +2403,12 @@ def _chip_loop(h, cq, reg, margin, inp, ins, eng, rq, pk, sr, mc, ev_count, n_li
                 d_arr = _ceil_div(t * core_fs, dram_fs)
                 if ovf_n[ch] > 0 or not dram_enqueue(dram_T, dram_S, r, r_dram[r], r_bytes[r],
                                                      rk == RQ_STORE, d_arr):
-                    ovf[ch, (ovf_h[ch] + ovf_n[ch]) % pool] = r
+                    r_ovf[r] = -1
+                    if ovf_n[ch] > 0:
+                        r_ovf[ovf_t[ch]] = r
+                    else:
+                        ovf_h[ch] = r
+                    ovf_t[ch] = r
                     ovf_n[ch] += 1
                 if d_arr < ch_next[ch]:
                     ch_next[ch] = d_arr

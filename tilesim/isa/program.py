@@ -112,7 +112,8 @@ class Program:
         Returns [(program, index)] in segment order, ``index`` the positions in ``instrs`` of
         the segment's instructions (its own order). A wait on a semaphore that no instruction
         of the segment signals is dropped: it is the barrier on the segments before, which are
-        over when this one starts. Empty segments are left out."""
+        over when this one starts. Empty segments are left out; a program with no instructions
+        is one segment, itself (so a run of its segments always has one)."""
         tags = np.asarray(tags)
         qs = self.queue_start.reshape(-1).astype(np.int64)
         ql = self.queue_len.reshape(-1).astype(np.int64)
@@ -144,7 +145,7 @@ class Program:
                                 lens.reshape(self.queue_len.shape), self.semaphores,
                                 self.buffers, None if self.lines is None else self.lines[idx],
                                 self.name, self.source), idx))
-        return out
+        return out or [(self, np.arange(len(self.instrs)))]
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
