@@ -132,8 +132,10 @@ class Program:
             lens = hi - lo
             if not lens.any():
                 continue
-            idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi) if b > a])
-            ins = self.instrs[idx]
+            runs = [(a, b) for a, b in zip(lo, hi) if b > a]
+            idx = np.concatenate([np.arange(a, b) for a, b in runs])
+            ins = np.concatenate([self.instrs[a:b] for a, b in runs])   # slices: faster than
+                                                                         # gathering by idx
             signalled = np.unique(ins["signal_sem"])
             ws = ins["wait_sem"]
             outside = (ws != NO_SEM) & ~np.isin(ws, signalled)
