@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -484,30 +485,31 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
 
     _JOBS[:] = jobs       # configs hold mapping proxies, which do not pickle: fork shares them
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    # the spool is removed after the workers have stopped: one still writing its result into
+    # it made the removal fail and hide the error being raised
+    spool = tempfile.mkdtemp(prefix="tilesim-", dir=shm)
     try:
-        with tempfile.TemporaryDirectory(prefix="tilesim-", dir=shm) as spool:
-            for _ in range(min(workers, len(jobs)) - 1):
-                fork(_part_worker, (order, taken, results, spool))
-            start_collector()
-            k = 0
-            while k < len(order) and not stop.is_set():
-                ops = own(order[k])
-                free = workers - 1 - sum(p.is_alive() for p in procs)
-                for _ in range(min(free, len(ops) - 1)):
-                    fork(_op_worker, (ops, claim_lock, claimed, results, spool))
-                mine, pos = _by_cost(ops), [0]
-                while not stop.is_set() and (op := _claim(mine, pos, claim_lock,
-                                                          claimed)) >= 0:
-                    record(op, _run_segment(_SEGS[op]))
-                with taken.get_lock():
-                    k = taken.value
-                    taken.value += 1
-            while not stop.is_set() and len(over) < len(jobs):
-                stop.wait(0.05)
-            stop.set()
-            stop_collector()
-            if failed:
-                raise failed[0]
+        for _ in range(min(workers, len(jobs)) - 1):
+            fork(_part_worker, (order, taken, results, spool))
+        start_collector()
+        k = 0
+        while k < len(order) and not stop.is_set():
+            ops = own(order[k])
+            free = workers - 1 - sum(p.is_alive() for p in procs)
+            for _ in range(min(free, len(ops) - 1)):
+                fork(_op_worker, (ops, claim_lock, claimed, results, spool))
+            mine, pos = _by_cost(ops), [0]
+            while not stop.is_set() and (op := _claim(mine, pos, claim_lock, claimed)) >= 0:
+                record(op, _run_segment(_SEGS[op]))
+            with taken.get_lock():
+                k = taken.value
+                taken.value += 1
+        while not stop.is_set() and len(over) < len(jobs):
+            stop.wait(0.05)
+        stop.set()
+        stop_collector()
+        if failed:
+            raise failed[0]
     finally:
         stop.set()
         stop_collector()
@@ -515,6 +517,7 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
             if p.is_alive():
                 p.terminate()
             p.join()
+        shutil.rmtree(spool, ignore_errors=True)
         _JOBS.clear()
         _SEGS.clear()
 
