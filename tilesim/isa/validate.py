@@ -3,6 +3,8 @@
 :func:`problems` lists everything wrong; :func:`validate` raises ProgramError for the first
 problem. Each message names the instruction: ``FILE: line N: ...`` when the program was
 assembled from text, else ``core C engine E instruction I: ...`` (position within its queue).
+One check needs a run: :func:`sram_races` lists engines that touched the same SRAM bytes at
+the same time, one of them writing (a missing semaphore).
 
 The rules
 ---------
@@ -107,6 +109,40 @@ def problems(program: Program, cfg: ChipConfig) -> list[str]:
     found.sort(key=lambda item: item[0])
     out = _program_wide(v)
     out += [f"{v.where(i)}: {msg}" for i, msg in found + _never_drain(v)]
+    return out
+
+
+def sram_races(program: Program, cfg: ChipConfig, t_start: np.ndarray, t_end: np.ndarray,
+               limit: int = 20) -> list[str]:
+    """Data races of a run (not a static check): two instructions of different engines that
+    touch overlapping bytes of one core's SRAM, at least one of them writing, while both are
+    in flight (their [t_start, t_end) intervals, cycles, overlap). The engines order only
+    their own queue, so such a pair means a missing semaphore: what the reader sees depends
+    on timing (the functional mode then disagrees with a reference). One line per race, at
+    most ``limit``; a queue's own overlapping instructions (a matrix engine accumulating into
+    one tile) are its pipeline's business and not listed."""
+    v = _View(program, cfg)
+    rows = []                 # (core, start, end, lo, hi, instruction, writes)
+    for a in v.operands():
+        if a.space != "sram":
+            continue
+        lo, hi = _extent(a)
+        for j, i in enumerate(a.index):
+            rows.append((int(a.core[j]), int(t_start[i]), int(t_end[i]), int(lo[j]),
+                         int(hi[j]), int(i), a.name == "dst"))
+    rows.sort()
+    out: list[str] = []
+    for x, a in enumerate(rows):
+        for b in rows[x + 1:]:
+            if b[0] != a[0] or b[1] >= a[2]:
+                break
+            if ((a[6] or b[6]) and a[5] != b[5] and a[3] <= b[4] and b[3] <= a[4]
+                    and (v.core[a[5]], v.engine[a[5]]) != (v.core[b[5]], v.engine[b[5]])):
+                out.append(f"core {a[0]} SRAM bytes {max(a[3], b[3])}..{min(a[4], b[4])}: "
+                           f"{v.where(a[5])} {v.word(a[5])} in cycles [{a[1]}, {a[2]}) and "
+                           f"{v.where(b[5])} {v.word(b[5])} in [{b[1]}, {b[2]})")
+                if len(out) >= limit:
+                    return out
     return out
 
 

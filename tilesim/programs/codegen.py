@@ -17,7 +17,9 @@ Per kind:
   spread over the cores, a handful of vector ops each.
 - attention: per (sequence, kv head[, query block]) unit, the new keys/values are appended to
   the cache, then the cache streams through in chunks with an online softmax (running max,
-  rescaled sum and accumulator), FlashAttention style; causal masks are additive tiles.
+  rescaled sum and accumulator), FlashAttention style; causal masks are additive tiles. When
+  the units leave cores idle (decode at small batch) a unit's chunks are split over several
+  cores and the partial results merged (flash-decoding; ``emit_attention``).
 - embedding: rows of the table gathered by token id; topk: ``top_k`` max-reductions over the
   router scores (timing only: routing is taken as uniform, see graph.py).
 
@@ -41,6 +43,9 @@ from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
 
+SPLIT_MIN_CHUNKS = 2
+"""Key chunks a run of a split attention unit gets at least (one chunk could not overlap its
+load with the previous chunk's work)."""
 NEG = -1e30    # the additive mask value: exp(NEG - max) underflows to 0 in every float type
 
 
@@ -729,14 +734,18 @@ def emit_rope(em: Emitter, lay: Layout, parts: list, rows: int, rot_dim: int,
             em.load(core, 0, table.at(r0), tb, nr, rot_dim, table.row_bytes, rt, act,
                     wait=[(st, nst) if nst else None], signal=[ld])
             nld += 1
+            for p, (t, *_) in enumerate(parts):
+                em.load(core, 0, t.at(r0), xb[p], nr, t.cols, t.row_bytes, t.row_bytes, act,
+                        signal=[ld])
+                nld += 1
+            # the block's loads may land in any order, so the first rotation waits for all
+            # of them (a count of ld cannot tell which ones are in)
             for p, (t, heads, hs, off) in enumerate(parts):
                 rowx = t.row_bytes
-                em.load(core, 0, t.at(r0), xb[p], nr, t.cols, t.row_bytes, rowx, act, signal=[ld])
-                nld += 1
                 for h in range(heads):
                     a = xb[p] + nbytes(h * hs + off, act)
                     em.vop(core, VecOp.ROPE, a, a, nr, rot_dim, rowx, rowx, act, src2=tb,
-                           src2_row=rt, wait=[(ld, nld)] if h == 0 else (),
+                           src2_row=rt, wait=[(ld, nld)] if p == h == 0 else (),
                            signal=[vd] if h == heads - 1 else ())
                 nvd += 1
                 em.store(core, em.dma - 1, xb[p], t.at(r0), nr, t.cols, rowx, t.row_bytes, act,
@@ -774,6 +783,18 @@ class AttnJob:
 
 
 def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) -> None:
+    """FlashAttention on the cores: a unit of work is one (sequence, kv head, query block) and
+    streams its key chunks through two slots, keeping the running row max m, row sum l and
+    the unnormalised output acc (online softmax).
+
+    *Split-K* (flash-decoding): when the units leave cores idle (decode at small batch: one
+    unit per sequence and kv head), each unit's key chunks are cut into up to ``parts``
+    contiguous runs of at least SPLIT_MIN_CHUNKS chunks, one per core. Every run but the first
+    stores its (m, l, acc) to DRAM and signals the unit's semaphore; the first run's core
+    loads them and merges: M = max_p m_p, w_p = exp(m_p - M), l = sum_p w_p l_p,
+    acc = sum_p w_p acc_p, then writes acc / l as usual. The new key and value rows (decode)
+    are appended by the last run, the only one that reads them; a unit whose appended rows
+    fall before its last run (prefill) is not split."""
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, acc = sa.input_dtype, sa.acc_dtype
@@ -790,15 +811,48 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     r_max = max(g, (em.sram_size - fixed) // per_row)
     qb = max(1, min(job.queries, r_max // g))
     q_blocks = ceil_div(job.queries, qb)
-    units = [(b, h, qi) for b in range(job.batch) for h in range(job.kv_heads)
-             for qi in range(q_blocks)]
+
+    def key_span(qi: int) -> tuple[int, int, int]:
+        """Keys [lo, hi) query block ``qi`` can see, and its chunks of ck keys."""
+        q0 = qi * qb
+        nq = min(qb, job.queries - q0)
+        hi = min(job.keys, job.start + q0 + nq) if job.causal else job.keys
+        lo = max(0, hi - job.window) if job.window else 0
+        return lo, hi, ceil_div(hi - lo, ck)
+
+    spans = [key_span(qi) for qi in range(q_blocks)]
+    n_base = job.batch * job.kv_heads * q_blocks
+    # SRAM the merge needs on the first run's core: m and l of every run, acc of the others
+    R = g * qb
+    free = em.sram_size - fixed - per_row * R - 4 * ALIGN
+
+    def parts_of(qi: int) -> int:
+        lo, hi, n_ch = spans[qi]
+        p = min(em.cores // n_base, n_ch // SPLIT_MIN_CHUNKS)
+        while p > 1 and job.k_new is not None and job.start < lo + _shares(n_ch, p)[-1][0] * ck:
+            p -= 1                          # the appended rows must all be in the last run
+        while p > 1 and (2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc)) > free:
+            p -= 1
+        return max(1, p)
+
+    units = [(b, h, qi, p, n) for b in range(job.batch) for h in range(job.kv_heads)
+             for qi in range(q_blocks) for n in [parts_of(qi)] for p in range(n)]
+    owner_of: dict = {}                 # (b, h, qi) -> (unit semaphore, first partial row)
+    n_partial = 0
+    for b, h, qi, p, n in units:
+        if p == 0 and n > 1:
+            owner_of[(b, h, qi)] = (em.sem(f"u{b}.{h}.{qi}.parts"), n_partial)
+            n_partial += n - 1
+    if n_partial:
+        part_acc = lay.tensor(f"{job.name}.part_acc", n_partial * R, vw, acc)
+        part_ml = lay.tensor(f"{job.name}.part_ml", 2 * n_partial, R, f32)
     mask_tiles: dict = {}
     qrow_bytes = job.q.row_bytes
     scale = 1.0 / math.sqrt(job.qk_dim)
     for core, run in enumerate(split(len(units), em.cores)):
         if not len(run):
             continue
-        R = g * qb
+        assert n_partial == 0 or len(run) == 1    # a split leaves one unit per core
         qs = em.alloc(core, nbytes(R * sw, in_dt))
         kbuf = [em.alloc(core, nbytes(ck * sw, kvdt)) for _ in (0, 1)]
         vbuf = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] if not job.shared_kv \
@@ -815,19 +869,20 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         ob = em.alloc(core, nbytes(R * vw, act))
         stage = em.alloc(core, nbytes(stage_rows * max(sw, vw), act))
         sem = {n: em.sem(f"c{core}.{n}") for n in
-               ("app", "appst", "q", "full0", "full1", "sc", "p", "pv", "o", "st", "mk", "mkf")}
+               ("app", "appst", "q", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
+                "mkf", "pl")}
         cnt = dict.fromkeys(sem, 0)
         chunk_no = 0
         rowq = nbytes(sw, in_dt)
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
         for ui in run:
-            b, h, qi = units[ui]
+            b, h, qi, part, n_parts = units[ui]
             q0 = qi * qb
             nq = min(qb, job.queries - q0)
             rows = g * nq
             # 1. append this (sequence, kv head)'s new keys/values to the cache (once per
-            #    sequence and head: on the first query block)
-            if qi == 0:
+            #    sequence and head: on the first query block, by the last run of a split)
+            if qi == 0 and part == n_parts - 1:
                 for t_new, cache, width in ((job.k_new, job.cache_k, sw),
                                             (job.v_new, job.cache_v, vw)):
                     if t_new is None or cache is None:
@@ -852,21 +907,23 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                     wait=[(sem["o"], cnt["o"]) if cnt["o"] else None], signal=[sem["q"]])
             cnt["q"] += 1
             em.vop(core, VecOp.MUL, qs, qs, rows, sw, rowq, rowq, in_dt, flags=Flag.BCAST_IMM,
-                   imm=scale, wait=[(sem["q"], cnt["q"])])
-            # keys this block can see
-            last_q = job.start + q0 + nq - 1
-            hi = min(job.keys, last_q + 1) if job.causal else job.keys
-            lo = max(0, hi - job.window) if job.window else 0
-            # one chunk at a time (the cache must hold the appended rows first)
-            n_ch = ceil_div(hi - lo, ck)
-            for ci in range(n_ch):
+                   imm=scale, wait=[(sem["q"], cnt["q"])], signal=[sem["qs"]])
+            cnt["qs"] += 1
+            # keys this block (this run of it) can see, one chunk at a time (the cache must
+            # hold the appended rows first)
+            lo, hi, n_ch = spans[qi]
+            c_first, c_end = _shares(n_ch, n_parts)[part] if n_ch else (0, 0)
+            for ci in range(c_first, c_end):
                 k0 = lo + ci * ck
                 nk = min(ck, hi - k0)
                 slot = chunk_no % 2
                 dma = slot % max(1, em.dma)
                 base = (b * job.kv_heads + h) * job.positions + k0
+                # a chunk holding appended rows waits for their store (the two slots load on
+                # different DMA engines, so queue order alone does not order them after it)
+                appended = job.k_new is not None and k0 + nk > job.start
                 waits = [(sem["pv"], chunk_no - 1) if chunk_no >= 2 else None,
-                         (sem["appst"], cnt["appst"]) if ci == 0 and cnt["appst"] else None]
+                         (sem["appst"], cnt["appst"]) if appended and cnt["appst"] else None]
                 em.load(core, dma, job.cache_k.at(base), kbuf[slot], nk, sw,
                         job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
                         signal=[sem[f"full{slot}"]])
@@ -908,13 +965,15 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                             src_addr=kbuf[slot] + nbytes(t * sa.rows, kvdt), k=kk, n=nk,
                             src_stride=(0, 0, nbytes(sw, kvdt), 0), dtype=_code(sa.weight_dtype),
                             flags=int(Flag.TRANSPOSE))
-                    em.emit(core, Engine.MATRIX, [], [sem["sc"]] if t == steps - 1 else [],
+                    em.emit(core, Engine.MATRIX,
+                            [(sem["qs"], cnt["qs"])] if t == 0 and ci == c_first else [],
+                            [sem["sc"]] if t == steps - 1 else [],    # (the scaled query is in)
                             op=Op.MM, src_addr=qs + nbytes(t * sa.rows, in_dt), dst_addr=S,
                             m=rows, k=kk, n=nk, src_stride=(0, 0, rowq, 0),
                             dst_stride=(0, 0, rowS, 0), dtype=_code(in_dt), dtype2=_code(acc),
                             flags=0 if t == 0 else int(Flag.ACCUMULATE))
                 cnt["sc"] += 1
-                first = ci == 0
+                first = ci == c_first
                 cur, prev = m[chunk_no % 2], m[(chunk_no + 1) % 2]
                 vw_ = [(sem["sc"], cnt["sc"])]
                 if need_mask:
@@ -956,6 +1015,20 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                             flags=0 if first else int(Flag.ACCUMULATE))
                 cnt["pv"] += 1
                 chunk_no += 1
+            if n_parts > 1:
+                usem, row0 = owner_of[(b, h, qi)]
+                done = (sem["pv"], cnt["pv"])   # the run's last P.V (after its m and l)
+                if part:                        # a later run: its (m, l, acc) to DRAM
+                    j = row0 + part - 1
+                    for src, dst, n_el, dt in ((cur, part_ml.at(2 * j), rows, f32),
+                                               (lsum, part_ml.at(2 * j + 1), rows, f32),
+                                               (accb, part_acc.at(j * R), rows * vw, acc)):
+                        em.store(core, em.dma - 1, src, dst, 1, n_el, 0, 0, dt, wait=[done],
+                                 signal=[usem])
+                    continue
+                _merge_runs(em, core, n_parts, rows, vw, acc, cur, lsum, accb, mc,
+                            (part_ml, part_acc, row0, R), (usem, 3 * (n_parts - 1)),
+                            [done], sem["pl"])
             # 3. out = acc / l, stored per head
             em.vop(core, VecOp.RECIP, lsum, lsum, rows, 1, 4, 4, f32, wait=[(sem["pv"], cnt["pv"]),
                    (sem["st"], cnt["st"]) if cnt["st"] else None])
@@ -967,6 +1040,47 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                      heads=g, src_head=nq * nbytes(vw, act), dst_head=nbytes(vw, act),
                      wait=[(sem["o"], cnt["o"])], signal=[sem["st"]])
             cnt["st"] += 1
+
+
+def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, ready, wait,
+                pl_sem) -> None:
+    """The first run of a split attention unit merges the other n - 1 runs' (m, l, acc)
+    (emit_attention, *Split-K*) into its own ``l_own`` and ``acc_own``, which then hold
+    sum_p w_p l_p and sum_p w_p acc_p with w_p = exp(m_p - max_p m_p). ``dram`` is (part_ml,
+    part_acc, first partial row, rows per partial); ``ready`` the (semaphore, count) the runs'
+    stores reach; ``wait`` the first run's own last P.V. Uses ``m_max`` (rows values) as
+    scratch for the max."""
+    f32 = "fp32"
+    part_ml, part_acc, row0, R = dram
+    e = nbytes(rows, f32)                       # one run's m (or l) row
+    ml = em.alloc(core, nbytes(2 * n * R, f32))    # rows 2p, 2p + 1: m_p, l_p (run 0: own)
+    accs = em.alloc(core, nbytes((n - 1) * R * vw, acc))
+    em.load(core, 0, part_ml.at(2 * row0), ml + 2 * e, 2 * (n - 1), rows, part_ml.row_bytes,
+            e, f32, wait=[ready], signal=[pl_sem])
+    em.load(core, 0, part_acc.at(row0 * R), accs, n - 1, rows * vw, part_acc.row_bytes * R,
+            nbytes(rows * vw, acc), acc, wait=[ready], signal=[pl_sem])
+    em.vop(core, VecOp.COPY, m_own, ml, 1, rows, e, e, f32, wait=wait + [(pl_sem, 2)])
+    em.vop(core, VecOp.COPY, l_own, ml + e, 1, rows, e, e, f32)
+    em.vop(core, VecOp.MAX, ml, m_max, 1, rows, e, e, f32, src2=ml + 2 * e)
+    for p in range(2, n):
+        em.vop(core, VecOp.MAX, m_max, m_max, 1, rows, e, e, f32, src2=ml + 2 * p * e)
+    # w_p = exp(m_p - M) over the m rows (every other row of ml), then l_p *= w_p
+    em.vop(core, VecOp.SUB, ml, ml, n, rows, 2 * e, 2 * e, f32, src2=m_max, flags=Flag.BCAST_COL)
+    em.vop(core, VecOp.EXP, ml, ml, n, rows, 2 * e, 2 * e, f32)
+    em.vop(core, VecOp.MUL, ml + e, ml + e, n, rows, 2 * e, 2 * e, f32, src2=ml, src2_row=2 * e)
+    em.vop(core, VecOp.ADD, ml + e, l_own, 1, rows, e, e, f32, src2=ml + 3 * e)
+    for p in range(2, n):
+        em.vop(core, VecOp.ADD, l_own, l_own, 1, rows, e, e, f32, src2=ml + (2 * p + 1) * e)
+    # acc = sum_p w_p acc_p: scale each run's rows by its weights, then add them up
+    a_row = nbytes(vw, acc)
+    em.vop(core, VecOp.MUL, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=ml,
+           flags=Flag.BCAST_ROW)
+    for p in range(1, n):
+        blk = accs + (p - 1) * nbytes(rows * vw, acc)
+        em.vop(core, VecOp.MUL, blk, blk, rows, vw, a_row, a_row, f32, src2=ml + 2 * p * e,
+               flags=Flag.BCAST_ROW)
+        em.vop(core, VecOp.ADD, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=blk,
+               src2_row=a_row)
 
 
 # ============================================================================================
