@@ -466,13 +466,19 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     bytes per bf16 weight; 296 here), then linear. The simulator must show the shape: flat
     (batch 16 within 15% of batch 1), then linear (doubling 512 -> 1024 costs at least 1.6x),
     never below the roofline, and the knee (where the flat level meets the line through the two
-    largest batches) within [b*/8, 2 b*]. It lands near b*/4 today, for two measured reasons.
-    Traffic: with 256 KiB per core and no L2, X is re-read once per group of n-tiles, so at
-    batch 512 an FFN matmul (2048 x 7168) reads 58.7 MB, twice its weights, which halves the
-    ops:byte the roofline assumes. Overlap: the grid matmuls keep the arrays only ~40% busy
-    (two buffer slots per lockstep group of 16 cores), so that matmul takes 74 k cycles
-    against max(DRAM, MAC) = 37 k. More SRAM alone does not move the knee: with 1 MiB per core
-    it stays between 64 and 128 (issue-6 notes)."""
+    largest batches) within [b*/8, 2 b*]. It lands at 67 (b*/4.4): past batch 512 each extra
+    sequence costs 1,330 cycles, 3.1x the roofline's 435 (MACs per token / P). Measured per op
+    (issue-6 notes): the ops' own rooflines, max(MACs / P, DRAM bytes / B) with the traffic
+    the mapper chose, sum to 700 per sequence. The FFN matmuls are DRAM-bound there: a
+    16-core group holds output tiles of at most ~512 x 512 in its 4 MiB of SRAM, so X and W
+    are re-read ~14 and 2 times (at batch 1024 a 2048 x 7168 matmul reads 117 MB for 29 MB of
+    weights), an intensity of ~128 MAC/B below the chip's 148; the unfused norms, residuals,
+    activation and RoPE add ~150. The other 1.9x is overlap: with two buffer slots per
+    lockstep group, a chunk waits for the load of a chip-wide 2 MB burst, which DRAM drains
+    at ~50% of peak (per-channel tails, refresh), so load and compute add instead of
+    overlapping. Levers tried (knee): 3-4 slots with smaller tiles (no gain: more re-reads),
+    multicast groups of 64 (88), 1 MiB SRAM per core (the curve turns concave), no refresh
+    (18: the flat level drops more). An L2 that serves the re-reads is what H100 has here."""
     from tilesim.arch import dram
     cfg = config.load("h100-like-hbm3")
     spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
