@@ -98,7 +98,7 @@ class Result:
                     continue
                 span = int(p.stats.t_end[sel].max() - p.stats.t_start[sel].min())
                 key = _generic(name)
-                r = rows.setdefault(key, {"op": key, "kind": p.kinds.get(name, "?"),
+                r = rows.setdefault(key, {"op": key, "kind": _kind(p.kinds, name),
                                           "cycles": 0, "macs": 0, "dram_bytes": 0})
                 r["cycles"] += span * p.times
                 r["macs"] += int(macs[sel].sum()) * p.times
@@ -144,6 +144,14 @@ class Result:
         else:
             out["tpot_s"] = s
         return out
+
+
+def _kind(kinds: dict, op: str) -> str:
+    """The graph kind of op ``op``, or of the node it is a part of (``layer3.experts.routed1.up``
+    is one of the ops the node ``layer3.experts`` compiles to)."""
+    while op not in kinds and "." in op:
+        op = op.rpartition(".")[0]
+    return kinds.get(op, "?")
 
 
 def _generic(op: str) -> str:

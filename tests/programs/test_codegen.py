@@ -16,6 +16,7 @@ from tilesim import config
 from tilesim.arch import chip
 from tilesim.cli import main
 from tilesim.errors import InputError
+from tilesim.isa.opcodes import Flag, Op
 from tilesim.programs import codegen, graph
 from tilesim.programs.models import ModelSpec
 from tilesim.step import simulate
@@ -95,6 +96,50 @@ def test_split_k_decode_attention_equals_numpy(kv_heads, batch):
     stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
     np.testing.assert_allclose(stats.memory.read("logits"), ref, rtol=1e-5, atol=1e-5)
     assert sum(stats.macs.values()) == spec.macs("decode", batch, prompt)
+
+
+def _attention_units(comp) -> tuple[int, set]:
+    """Units of layer 0's attention (one query scaling each) and the cores that run them."""
+    from tilesim.isa.opcodes import VecOp
+    ins, prog = comp.program.instrs, comp.program
+    scale = np.flatnonzero((comp.tags == comp.ops.index("layer0.attention"))
+                           & (ins["op"] == int(Op.VOP)) & (ins["vop"] == int(VecOp.MUL))
+                           & ((ins["flags"] & int(Flag.BCAST_IMM)) != 0))
+    return scale.size, {prog.locate(int(i))[0] for i in scale}
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (16, 1)])
+def test_attention_in_head_groups_and_across_cores_equals_numpy(heads, kv_heads):
+    """With 8 KiB of SRAM per core, prefill fits one query (or fewer heads) per unit, so one
+    (sequence, kv head)'s units sit on both cores, all reading the rows one of them appends
+    to the cache; and in decode 16 query heads of one kv head do not fit one core, so they
+    are cut into head groups (MLA's 128 heads on a 256 KiB core are the real case). Logits
+    equal the numpy reference in prefill and decode, and no SRAM is raced."""
+    import dataclasses
+
+    from tilesim.isa.validate import sram_races
+    d = config.to_dict(tiny_chip())
+    d["cores"]["sram"]["size_bytes"] = 8192
+    cfg = config.from_dict(d)
+    spec = dataclasses.replace(tiny_spec(), n_heads=heads, n_kv_heads=kv_heads,
+                               head_dim=64 // heads)
+    w = random_weights(spec, 1)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, spec.vocab_size, (1, 9))
+    ref, cache = forward_prefill(spec, w, tokens)
+    new = rng.integers(0, spec.vocab_size, 1)
+    ref2, _ = forward_decode(spec, w, cache, new, 9)
+    for phase, toks, want, kv in (("prefill", tokens, ref, None), ("decode", new, ref2, cache)):
+        g = graph.model_graph(spec, phase, 1, 9)
+        comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, phase, 1, 9,
+                                     tokens=toks, weights=w, kv_cache=kv)
+        units, cores = _attention_units(comp)
+        assert cores == {0, 1}
+        # prefill: a query (or fewer heads) per unit; decode: 16 heads in two groups of 8
+        assert units >= 9 * kv_heads if phase == "prefill" else units == 2
+        stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
+        np.testing.assert_allclose(stats.memory.read("logits"), want, rtol=1e-5, atol=1e-5)
+        assert sram_races(comp.program, cfg, stats.t_start, stats.t_end) == []
 
 
 def _spec(**kw):
@@ -256,6 +301,34 @@ def test_ops_run_one_by_one_equal_the_whole_program_up_to_dram_state(name):
     assert joined.dram["channels"] == whole.dram["channels"]
     assert joined.energy_pj["mac"] == pytest.approx(whole.energy_pj["mac"])
     assert sum(joined.events.values()) == sum(sum(s.events.values()) for s, _ in runs)
+
+
+@pytest.mark.slow
+def test_every_preset_compiles_a_decode_step_for_h100_like():
+    """Every preset's layer shapes and head compile for the default chip (compile only): MLA's
+    128 query heads of a 576-wide latent once needed more than a core's 256 KiB for a single
+    query, and deepseek-v3 failed with an SRAM error until they were cut into head groups."""
+    from tilesim.programs import models
+    cfg = config.load("h100-like-hbm3")
+    for name in models.PRESETS:
+        spec = models.preset(name)
+        g = graph.model_graph(spec, "decode", 1, 1024)
+        by_layer: dict = {}
+        for nd in (g.nodes[n] for n in g.nodes):
+            by_layer.setdefault(nd["layer"], []).append(nd)
+        for layers in [[-1]] + list(graph.layer_groups(spec).values()):
+            comp = codegen.compile_nodes(spec, by_layer[layers[0]], cfg, "decode", 1, 1024)
+            assert comp.program.instrs.size > 0, name
+
+
+def test_op_table_gives_every_op_its_graph_kind():
+    """The ops an MoE layer's experts node compiles to (``layer1.experts.routed1.up``, ...)
+    are listed as ``moe_experts``, like every other op under its graph node's kind."""
+    from tilesim.programs.graph import KINDS
+    r = simulate(tiny_chip("bf16"), SPECS["moe"], "decode", 2, 8, progress=False, workers=1)
+    table = r.op_table()
+    assert {row["kind"] for row in table} <= set(KINDS)
+    assert {row["kind"] for row in table if ".experts." in row["op"]} == {"moe_experts"}
 
 
 def test_a_program_with_no_instructions_is_one_op():

@@ -785,16 +785,19 @@ class AttnJob:
 def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) -> None:
     """FlashAttention on the cores: a unit of work is one (sequence, kv head, query block) and
     streams its key chunks through two slots, keeping the running row max m, row sum l and
-    the unnormalised output acc (online softmax).
+    the unnormalised output acc (online softmax). When the kv head's query heads do not fit
+    one core's SRAM even for one query (MLA: 128 heads of a 512-wide latent), they are cut
+    into head groups, a unit each, every one streaming the chunks.
 
     *Split-K* (flash-decoding): when the units leave cores idle (decode at small batch: one
     unit per sequence and kv head), each unit's key chunks are cut into up to ``parts``
     contiguous runs of at least SPLIT_MIN_CHUNKS chunks, one per core. Every run but the first
     stores its (m, l, acc) to DRAM and signals the unit's semaphore; the first run's core
     loads them and merges: M = max_p m_p, w_p = exp(m_p - M), l = sum_p w_p l_p,
-    acc = sum_p w_p acc_p, then writes acc / l as usual. The new key and value rows (decode)
-    are appended by the last run, the only one that reads them; a unit whose appended rows
-    fall before its last run (prefill) is not split."""
+    acc = sum_p w_p acc_p, then writes acc / l as usual. A (sequence, kv head)'s new key and
+    value rows are appended by its first unit (the last run of it, the only run that reads
+    them: a unit whose appended rows fall before its last run, prefill, is not split), and
+    a chunk holding them waits for that on any core."""
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, acc = sa.input_dtype, sa.acc_dtype
@@ -806,10 +809,17 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     per_row = (nbytes(sw, in_dt) + 2 * nbytes(ck, f32) + nbytes(ck, in_dt) + nbytes(vw, acc)
                + nbytes(vw, act) + 5 * 4)
     fixed = 2 * nbytes(ck * sw, kvdt) + (0 if job.shared_kv else 2 * nbytes(ck * vw, kvdt))
-    stage_rows = 64
+    stage_rows = min(64, job.queries)
     fixed += nbytes(stage_rows * max(sw, vw), act) + 20 * ALIGN
-    r_max = max(g, (em.sram_size - fixed) // per_row)
-    qb = max(1, min(job.queries, r_max // g))
+    r_max = (em.sram_size - fixed) // per_row
+    if r_max < 1:
+        from tilesim.errors import InputError
+        raise InputError(f"{cfg.name}: attention {job.name} needs more than "
+                         f"cores.sram.size_bytes = {em.sram_size} for one query row")
+    # the g query heads of a kv head go to one unit when they fit, else in head groups
+    heads = _shares(g, ceil_div(g, min(g, r_max)))
+    gh = heads[0][1]                    # the most heads in a group
+    qb = max(1, min(job.queries, r_max // gh))
     q_blocks = ceil_div(job.queries, qb)
 
     def key_span(qi: int) -> tuple[int, int, int]:
@@ -821,9 +831,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         return lo, hi, ceil_div(hi - lo, ck)
 
     spans = [key_span(qi) for qi in range(q_blocks)]
-    n_base = job.batch * job.kv_heads * q_blocks
+    n_base = job.batch * job.kv_heads * len(heads) * q_blocks
     # SRAM the merge needs on the first run's core: m and l of every run, acc of the others
-    R = g * qb
+    R = gh * qb
     free = em.sram_size - fixed - per_row * R - 4 * ALIGN
 
     def parts_of(qi: int) -> int:
@@ -835,14 +845,23 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             p -= 1
         return max(1, p)
 
-    units = [(b, h, qi, p, n) for b in range(job.batch) for h in range(job.kv_heads)
-             for qi in range(q_blocks) for n in [parts_of(qi)] for p in range(n)]
-    owner_of: dict = {}                 # (b, h, qi) -> (unit semaphore, first partial row)
+    units = [(b, h, hg, qi, p, n) for b in range(job.batch) for h in range(job.kv_heads)
+             for hg in range(len(heads)) for qi in range(q_blocks) for n in [parts_of(qi)]
+             for p in range(n)]
+    owner_of: dict = {}         # (b, h, hg, qi) -> (unit semaphore, first partial row)
     n_partial = 0
-    for b, h, qi, p, n in units:
+    for b, h, hg, qi, p, n in units:
         if p == 0 and n > 1:
-            owner_of[(b, h, qi)] = (em.sem(f"u{b}.{h}.{qi}.parts"), n_partial)
+            owner_of[(b, h, hg, qi)] = (em.sem(f"u{b}.{h}.{hg}.{qi}.parts"), n_partial)
             n_partial += n - 1
+    # the new rows of a (sequence, kv head) are appended once, by the core of its first unit
+    # (the last run of a split one); a chunk holding them waits, on any core, for all the
+    # append's stores (n_app) on that sequence and head's semaphore
+    pairs = [(t, c, w) for t, c, w in ((job.k_new, job.cache_k, sw), (job.v_new, job.cache_v, vw))
+             if t is not None and c is not None]
+    n_app = len(pairs) * ceil_div(job.queries, stage_rows)
+    app_sem = {(b, h): em.sem(f"app{b}.{h}") for b in range(job.batch)
+               for h in range(job.kv_heads)} if n_app else {}
     if n_partial:
         part_acc = lay.tensor(f"{job.name}.part_acc", n_partial * R, vw, acc)
         part_ml = lay.tensor(f"{job.name}.part_ml", 2 * n_partial, R, f32)
@@ -876,17 +895,16 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         rowq = nbytes(sw, in_dt)
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
         for ui in run:
-            b, h, qi, part, n_parts = units[ui]
+            b, h, hg, qi, part, n_parts = units[ui]
             q0 = qi * qb
             nq = min(qb, job.queries - q0)
-            rows = g * nq
+            h0, h1 = heads[hg]                  # query heads h0..h1-1 of kv head h
+            nh = h1 - h0
+            rows = nh * nq
             # 1. append this (sequence, kv head)'s new keys/values to the cache (once per
-            #    sequence and head: on the first query block, by the last run of a split)
-            if qi == 0 and part == n_parts - 1:
-                for t_new, cache, width in ((job.k_new, job.cache_k, sw),
-                                            (job.v_new, job.cache_v, vw)):
-                    if t_new is None or cache is None:
-                        continue
+            #    sequence and head: by its first unit, the last run of it when split)
+            if hg == qi == 0 and part == n_parts - 1:
+                for t_new, cache, width in pairs:
                     for a0 in range(0, job.queries, stage_rows):
                         na = min(stage_rows, job.queries - a0)
                         src = t_new.at(b * job.queries + a0, h * width)
@@ -896,13 +914,16 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                                 wait=[(sem["appst"], cnt["appst"]) if cnt["appst"] else None],
                                 signal=[sem["app"]])
                         cnt["app"] += 1
+                        # not one of the op's final stores: a chunk that reads these rows
+                        # waits for it, and feeds one
                         em.store(core, em.dma - 1, stage, dst, na, width,
                                  nbytes(width, act), cache.row_bytes, act,
-                                 wait=[(sem["app"], cnt["app"])], signal=[sem["appst"]])
+                                 wait=[(sem["app"], cnt["app"])],
+                                 signal=[sem["appst"], app_sem[(b, h)]], final=False)
                         cnt["appst"] += 1
-            # 2. the query block: g heads x nq queries, scaled by 1/sqrt(d)
-            qsrc = job.q.at(b * job.queries + q0, h * g * sw)
-            em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=g,
+            # 2. the query block: nh heads x nq queries, scaled by 1/sqrt(d)
+            qsrc = job.q.at(b * job.queries + q0, (h * g + h0) * sw)
+            em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=nh,
                     src_head=nbytes(sw, act), dst_head=nq * rowq,
                     wait=[(sem["o"], cnt["o"]) if cnt["o"] else None], signal=[sem["q"]])
             cnt["q"] += 1
@@ -919,11 +940,11 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 slot = chunk_no % 2
                 dma = slot % max(1, em.dma)
                 base = (b * job.kv_heads + h) * job.positions + k0
-                # a chunk holding appended rows waits for their store (the two slots load on
-                # different DMA engines, so queue order alone does not order them after it)
-                appended = job.k_new is not None and k0 + nk > job.start
+                # a chunk holding appended rows waits for their stores (made by this core or
+                # another; queue order alone would not do: the slots use different engines)
+                appended = n_app and k0 + nk > job.start
                 waits = [(sem["pv"], chunk_no - 1) if chunk_no >= 2 else None,
-                         (sem["appst"], cnt["appst"]) if appended and cnt["appst"] else None]
+                         (app_sem[(b, h)], n_app) if appended else None]
                 em.load(core, dma, job.cache_k.at(base), kbuf[slot], nk, sw,
                         job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
                         signal=[sem[f"full{slot}"]])
@@ -939,7 +960,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 if job.window:
                     need_mask = need_mask or k0 < job.start + q0 + nq - job.window
                 if need_mask:
-                    key = (q0, nq, k0, nk)
+                    key = (q0, nq, k0, nk, nh)
                     if key not in mask_tiles:
                         pos_q = job.start + q0 + np.arange(nq)
                         pos_k = k0 + np.arange(nk)
@@ -947,7 +968,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                         if job.window:
                             ok &= pos_k[None, :] > pos_q[:, None] - job.window
                         t = lay.tensor(f"{job.name}.mask{len(mask_tiles)}", rows, nk, f32)
-                        lay.values[t.name] = np.tile(np.where(ok, 0.0, NEG), (g, 1))
+                        lay.values[t.name] = np.tile(np.where(ok, 0.0, NEG), (nh, 1))
                         mask_tiles[key] = t
                     mt = mask_tiles[key]
                     em.load(core, dma, mt.addr, mk, rows, nk, mt.row_bytes, rowS, f32,
@@ -1016,7 +1037,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 cnt["pv"] += 1
                 chunk_no += 1
             if n_parts > 1:
-                usem, row0 = owner_of[(b, h, qi)]
+                usem, row0 = owner_of[(b, h, hg, qi)]
                 done = (sem["pv"], cnt["pv"])   # the run's last P.V (after its m and l)
                 if part:                        # a later run: its (m, l, acc) to DRAM
                     j = row0 + part - 1
@@ -1035,9 +1056,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             em.vop(core, VecOp.MUL, accb, ob, rows, vw, rowA, nbytes(vw, act), f32, act,
                    src2=lsum, flags=Flag.BCAST_ROW, signal=[sem["o"]])
             cnt["o"] += 1
-            dst = job.out.at(b * job.queries + q0, h * g * vw)
+            dst = job.out.at(b * job.queries + q0, (h * g + h0) * vw)
             em.store(core, em.dma - 1, ob, dst, nq, vw, nbytes(vw, act), job.out.row_bytes, act,
-                     heads=g, src_head=nq * nbytes(vw, act), dst_head=nbytes(vw, act),
+                     heads=nh, src_head=nq * nbytes(vw, act), dst_head=nbytes(vw, act),
                      wait=[(sem["o"], cnt["o"])], signal=[sem["st"]])
             cnt["st"] += 1
 
