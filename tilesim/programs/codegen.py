@@ -794,10 +794,11 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     contiguous runs of at least SPLIT_MIN_CHUNKS chunks, one per core. Every run but the first
     stores its (m, l, acc) to DRAM and signals the unit's semaphore; the first run's core
     loads them and merges: M = max_p m_p, w_p = exp(m_p - M), l = sum_p w_p l_p,
-    acc = sum_p w_p acc_p, then writes acc / l as usual. A (sequence, kv head)'s new key and
-    value rows are appended by its first unit (the last run of it, the only run that reads
-    them: a unit whose appended rows fall before its last run, prefill, is not split), and
-    a chunk holding them waits for that on any core."""
+    acc = sum_p w_p acc_p, then writes acc / l as usual.
+
+    The new key and value rows are first copied into the cache, in blocks spread over all
+    cores (like vLLM's separate cache-write kernel); a chunk holding any of them waits for
+    every block's store, on whichever core it runs."""
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, acc = sa.input_dtype, sa.acc_dtype
@@ -839,8 +840,6 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     def parts_of(qi: int) -> int:
         lo, hi, n_ch = spans[qi]
         p = min(em.cores // n_base, n_ch // SPLIT_MIN_CHUNKS)
-        while p > 1 and job.k_new is not None and job.start < lo + _shares(n_ch, p)[-1][0] * ck:
-            p -= 1                          # the appended rows must all be in the last run
         while p > 1 and (2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc)) > free:
             p -= 1
         return max(1, p)
@@ -854,14 +853,15 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         if p == 0 and n > 1:
             owner_of[(b, h, hg, qi)] = (em.sem(f"u{b}.{h}.{hg}.{qi}.parts"), n_partial)
             n_partial += n - 1
-    # the new rows of a (sequence, kv head) are appended once, by the core of its first unit
-    # (the last run of a split one); a chunk holding them waits, on any core, for all the
-    # append's stores (n_app) on that sequence and head's semaphore
+    # the new key/value rows go to the cache first, in blocks of stage_rows spread over all
+    # cores; a chunk holding any of them waits, on any core, for all n_app block stores
     pairs = [(t, c, w) for t, c, w in ((job.k_new, job.cache_k, sw), (job.v_new, job.cache_v, vw))
              if t is not None and c is not None]
-    n_app = len(pairs) * ceil_div(job.queries, stage_rows)
-    app_sem = {(b, h): em.sem(f"app{b}.{h}") for b in range(job.batch)
-               for h in range(job.kv_heads)} if n_app else {}
+    appends = [(b, h, pair, a0) for b in range(job.batch) for h in range(job.kv_heads)
+               for pair in pairs for a0 in range(0, job.queries, stage_rows)]
+    n_app = len(appends)
+    appended = em.sem("appended") if n_app else None
+    append_runs = split(n_app, em.cores)
     if n_partial:
         part_acc = lay.tensor(f"{job.name}.part_acc", n_partial * R, vw, acc)
         part_ml = lay.tensor(f"{job.name}.part_ml", 2 * n_partial, R, f32)
@@ -869,6 +869,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     qrow_bytes = job.q.row_bytes
     scale = 1.0 / math.sqrt(job.qk_dim)
     for core, run in enumerate(split(len(units), em.cores)):
+        if len(append_runs[core]):
+            _append_rows(em, core, [appends[i] for i in append_runs[core]], job, stage_rows,
+                         act, appended)
         if not len(run):
             continue
         assert n_partial == 0 or len(run) == 1    # a split leaves one unit per core
@@ -886,9 +889,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         lc = em.alloc(core, nbytes(R, f32) + 64)
         accb = em.alloc(core, nbytes(R * vw, acc))
         ob = em.alloc(core, nbytes(R * vw, act))
-        stage = em.alloc(core, nbytes(stage_rows * max(sw, vw), act))
         sem = {n: em.sem(f"c{core}.{n}") for n in
-               ("app", "appst", "q", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
+               ("q", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
                 "mkf", "pl")}
         cnt = dict.fromkeys(sem, 0)
         chunk_no = 0
@@ -901,27 +903,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             h0, h1 = heads[hg]                  # query heads h0..h1-1 of kv head h
             nh = h1 - h0
             rows = nh * nq
-            # 1. append this (sequence, kv head)'s new keys/values to the cache (once per
-            #    sequence and head: by its first unit, the last run of it when split)
-            if hg == qi == 0 and part == n_parts - 1:
-                for t_new, cache, width in pairs:
-                    for a0 in range(0, job.queries, stage_rows):
-                        na = min(stage_rows, job.queries - a0)
-                        src = t_new.at(b * job.queries + a0, h * width)
-                        dst = cache.at((b * job.kv_heads + h) * job.positions + job.start + a0)
-                        em.load(core, 0, src, stage, na, width, t_new.row_bytes,
-                                nbytes(width, act), act,
-                                wait=[(sem["appst"], cnt["appst"]) if cnt["appst"] else None],
-                                signal=[sem["app"]])
-                        cnt["app"] += 1
-                        # not one of the op's final stores: a chunk that reads these rows
-                        # waits for it, and feeds one
-                        em.store(core, em.dma - 1, stage, dst, na, width,
-                                 nbytes(width, act), cache.row_bytes, act,
-                                 wait=[(sem["app"], cnt["app"])],
-                                 signal=[sem["appst"], app_sem[(b, h)]], final=False)
-                        cnt["appst"] += 1
-            # 2. the query block: nh heads x nq queries, scaled by 1/sqrt(d)
+            # the query block: nh heads x nq queries, scaled by 1/sqrt(d)
             qsrc = job.q.at(b * job.queries + q0, (h * g + h0) * sw)
             em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=nh,
                     src_head=nbytes(sw, act), dst_head=nq * rowq,
@@ -940,11 +922,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 slot = chunk_no % 2
                 dma = slot % max(1, em.dma)
                 base = (b * job.kv_heads + h) * job.positions + k0
-                # a chunk holding appended rows waits for their stores (made by this core or
-                # another; queue order alone would not do: the slots use different engines)
-                appended = n_app and k0 + nk > job.start
+                # a chunk holding appended rows waits for every append (made by any core)
                 waits = [(sem["pv"], chunk_no - 1) if chunk_no >= 2 else None,
-                         (app_sem[(b, h)], n_app) if appended else None]
+                         (appended, n_app) if n_app and k0 + nk > job.start else None]
                 em.load(core, dma, job.cache_k.at(base), kbuf[slot], nk, sw,
                         job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
                         signal=[sem[f"full{slot}"]])
@@ -1050,7 +1030,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 _merge_runs(em, core, n_parts, rows, vw, acc, cur, lsum, accb, mc,
                             (part_ml, part_acc, row0, R), (usem, 3 * (n_parts - 1)),
                             [done], sem["pl"])
-            # 3. out = acc / l, stored per head
+            # out = acc / l, stored per head
             em.vop(core, VecOp.RECIP, lsum, lsum, rows, 1, 4, 4, f32, wait=[(sem["pv"], cnt["pv"]),
                    (sem["st"], cnt["st"]) if cnt["st"] else None])
             em.vop(core, VecOp.MUL, accb, ob, rows, vw, rowA, nbytes(vw, act), f32, act,
@@ -1061,6 +1041,25 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                      heads=nh, src_head=nq * nbytes(vw, act), dst_head=nbytes(vw, act),
                      wait=[(sem["o"], cnt["o"])], signal=[sem["st"]])
             cnt["st"] += 1
+
+
+def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
+    """Copy ``blocks`` (sequence, kv head, (new rows, cache, width), first row) of the new
+    keys/values into the cache through one stage buffer of ``stage_rows`` rows; each store
+    signals ``appended``. The stores are not the op's final ones: a chunk that reads the rows
+    waits for all of them, and feeds one."""
+    width_max = max(w for *_, (_, _, w), _ in blocks)
+    stage = em.alloc(core, nbytes(stage_rows * width_max, act))
+    ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
+    for n, (b, h, (t_new, cache, width), a0) in enumerate(blocks):
+        na = min(stage_rows, job.queries - a0)
+        em.load(core, 0, t_new.at(b * job.queries + a0, h * width), stage, na, width,
+                t_new.row_bytes, nbytes(width, act), act, wait=[(st, n) if n else None],
+                signal=[ld])
+        em.store(core, em.dma - 1, stage, cache.at((b * job.kv_heads + h) * job.positions
+                                                   + job.start + a0),
+                 na, width, nbytes(width, act), cache.row_bytes, act, wait=[(ld, n + 1)],
+                 signal=[st, appended], final=False)
 
 
 def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, ready, wait,
