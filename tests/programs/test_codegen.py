@@ -539,8 +539,8 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     bytes per bf16 weight; 296 here), then linear. The simulator must show the shape: flat
     (batch 16 within 15% of batch 1), then linear (doubling 512 -> 1024 costs at least 1.6x),
     never below the roofline, and the knee (where the flat level meets the line through the two
-    largest batches) within [b*/8, 2 b*]. It lands at 67 (b*/4.4): past batch 512 each extra
-    sequence costs 1,330 cycles, 3.1x the roofline's 435 (MACs per token / P). Measured per op
+    largest batches) within [b*/8, 2 b*]. It lands at 65 (b*/4.5): past batch 512 each extra
+    sequence costs 1,350 cycles, 3.1x the roofline's 435 (MACs per token / P). Measured per op
     (issue-6 notes): the ops' own rooflines, max(MACs / P, DRAM bytes / B) with the traffic
     the mapper chose, sum to 700 per sequence. The FFN matmuls are DRAM-bound there: a
     16-core group holds output tiles of at most ~512 x 512 in its 4 MiB of SRAM, so X and W
