@@ -403,6 +403,9 @@ def test_run_bad_inputs(capsys, tmp_path):
                                "intermediate_size": 128, "max_position_embeddings": 64}))
     _one_line_error(capsys, ["run", "--model", str(bad)], str(bad))
     _one_line_error(capsys, ["run", "--batch", "0"], "batch 0", ">= 1")
+    # llama-3-8b's LM head on 4 x 4 arrays: 66 M matrix instructions, refused before building
+    _one_line_error(capsys, ["run", "teach-2core", "--ignore-capacity", "--workers", "1"],
+                    "teach-2core", "lm_head", "30,000,000 matrix instructions")
 
 
 def test_run_json_and_outputs(capsys, tmp_path, monkeypatch):

@@ -43,6 +43,12 @@ from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
 
+MAX_PROGRAM_STEPS = 30_000_000
+"""Matrix instructions (ldw + mm) one program may hold: at 167 B a record plus the builder's
+lists and the run's per-instruction times, ~10 GB to compile and simulate. The largest preset
+programs on the presets' chips hold far fewer (llama-3-8b prefill-2048: a 2.5 M-instruction
+layer; deepseek-v3 prefill-128 on h100-like: 12 M); llama-3-8b's LM head on teach-2core's 4 x 4
+arrays would hold 66 M and exhaust 24 GB."""
 SPLIT_MIN_CHUNKS = 2
 """Key chunks a run of a split attention unit gets at least (one chunk could not overlap its
 load with the previous chunk's work)."""
@@ -110,6 +116,7 @@ class Emitter:
         self.sram_top = [0] * self.cores
         self.sram_size = cfg.cores.sram.size_bytes
         self.matmul_only: dict | None = None    # plan_matmul's ``only``
+        self.matmul_steps = 0                   # ldw and mm instructions of the matmuls so far
 
     # ---- ops and barriers -----------------------------------------------------------------
     def begin(self, name: str) -> None:
@@ -285,6 +292,15 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
     m, k, n = job.m, job.k, job.n
     w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
+    em.matmul_steps += 2 * job.count * m_blocks * n_tiles * ceil_div(k, kt)   # ldw + mm
+    if em.matmul_steps > MAX_PROGRAM_STEPS:
+        from tilesim.errors import InputError
+        raise InputError(
+            f"{cfg.name}: op {job.name} ({f'{job.count} products of ' if job.count > 1 else ''}"
+            f"{m} x {k} @ {k} x {n} on {sa.rows} x {sa.cols} arrays) takes the program past "
+            f"{MAX_PROGRAM_STEPS:,} "
+            f"matrix instructions, more than this machine can hold while simulating; use a "
+            f"chip with larger arrays or a smaller model, batch or context")
     # weights in DRAM: per product, strips of w columns
     wt = []
     for c in range(job.count):
