@@ -405,7 +405,8 @@ def test_run_bad_inputs(capsys, tmp_path):
     _one_line_error(capsys, ["run", "--batch", "0"], "batch 0", ">= 1")
     # llama-3-8b's LM head on 4 x 4 arrays: 66 M matrix instructions, refused before building
     _one_line_error(capsys, ["run", "teach-2core", "--ignore-capacity", "--workers", "1"],
-                    "teach-2core", "lm_head", "30,000,000 matrix instructions")
+                    "teach-2core", "lm_head",
+                    f"{codegen.MAX_PROGRAM_STEPS:,} matrix instructions")
 
 
 def test_run_json_and_outputs(capsys, tmp_path, monkeypatch):

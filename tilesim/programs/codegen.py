@@ -43,12 +43,13 @@ from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
 
-MAX_PROGRAM_STEPS = 30_000_000
-"""Matrix instructions (ldw + mm) one program may hold: at 167 B a record plus the builder's
-lists and the run's per-instruction times, ~10 GB to compile and simulate. The largest preset
-programs on the presets' chips hold far fewer (llama-3-8b prefill-2048: a 2.5 M-instruction
-layer; deepseek-v3 prefill-128 on h100-like: 12 M); llama-3-8b's LM head on teach-2core's 4 x 4
-arrays would hold 66 M and exhaust 24 GB."""
+MAX_PROGRAM_STEPS = 20_000_000
+"""Matrix instructions (ldw + mm) one program may hold. Measured: compiling deepseek-v3's
+prefill-128 MoE layer for h100-like (12.1 M instructions, 11.5 M of them ldw/mm, the largest
+preset program on a preset chip) peaks at 5.0 GB resident, ~410 B an instruction; so a program
+at this limit needs ~9 GB, and the two worker processes of a 2-core, 24 GB machine fit. The
+next largest, llama-3-8b prefill-2048, holds 2.5 M a layer; llama-3-8b's LM head on
+teach-2core's 4 x 4 arrays would hold 66 M (the process was killed for memory)."""
 SPLIT_MIN_CHUNKS = 2
 """Key chunks a run of a split attention unit gets at least (one chunk could not overlap its
 load with the previous chunk's work)."""
