@@ -38,6 +38,7 @@ import numpy as np
 
 from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
+from tilesim.errors import InputError
 from tilesim.isa.opcodes import INSTR_DTYPE, MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
@@ -184,7 +185,6 @@ class Emitter:
         a = self.sram_top[core]
         self.sram_top[core] = align(a + nbytes_)
         if self.sram_top[core] > self.sram_size:
-            from tilesim.errors import InputError
             raise InputError(f"{self.cfg.name}: op {self.ops[-1]} needs {self.sram_top[core]} "
                              f"bytes of SRAM on core {core}; cores.sram.size_bytes is "
                              f"{self.sram_size}")
@@ -295,7 +295,6 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
     em.matmul_steps += 2 * job.count * m_blocks * n_tiles * ceil_div(k, kt)   # ldw + mm
     if em.matmul_steps > MAX_PROGRAM_STEPS:
-        from tilesim.errors import InputError
         raise InputError(
             f"{cfg.name}: op {job.name} ({f'{job.count} products of ' if job.count > 1 else ''}"
             f"{m} x {k} @ {k} x {n} on {sa.rows} x {sa.cols} arrays) takes the program past "
@@ -831,7 +830,6 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     fixed += nbytes(stage_rows * max(sw, vw), act) + 20 * ALIGN
     r_max = (em.sram_size - fixed) // per_row
     if r_max < 1:
-        from tilesim.errors import InputError
         raise InputError(f"{cfg.name}: attention {job.name} needs more than "
                          f"cores.sram.size_bytes = {em.sram_size} for one query row")
     # the g query heads of a kv head go to one unit when they fit, else in head groups
@@ -855,8 +853,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     free = em.sram_size - fixed - per_row * R - 4 * ALIGN
 
     def parts_of(qi: int) -> int:
-        lo, hi, n_ch = spans[qi]
-        p = min(em.cores // n_base, n_ch // SPLIT_MIN_CHUNKS)
+        p = min(em.cores // n_base, spans[qi][2] // SPLIT_MIN_CHUNKS)
         while p > 1 and (2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc)) > free:
             p -= 1
         return max(1, p)
@@ -1065,8 +1062,8 @@ def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
     keys/values into the cache through one stage buffer of ``stage_rows`` rows; each store
     signals ``appended``. The stores are not the op's final ones: a chunk that reads the rows
     waits for all of them, and feeds one."""
-    width_max = max(w for *_, (_, _, w), _ in blocks)
-    stage = em.alloc(core, nbytes(stage_rows * width_max, act))
+    width = max(pair[2] for _, _, pair, _ in blocks)
+    stage = em.alloc(core, nbytes(stage_rows * width, act))
     ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
     for n, (b, h, (t_new, cache, width), a0) in enumerate(blocks):
         na = min(stage_rows, job.queries - a0)
