@@ -550,7 +550,7 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     16-core group holds output tiles of at most ~512 x 512 in its 4 MiB of SRAM, so X and W
     are re-read ~14 and 2 times (at batch 1024 a 2048 x 7168 matmul reads 117 MB for 29 MB of
     weights), an intensity of ~128 MAC/B below the chip's 148; the unfused norms, residuals,
-    activation and RoPE add ~150. The other 1.9x is overlap: with two buffer slots per
+    activation and RoPE add ~110. The other 1.9x is overlap: with two buffer slots per
     lockstep group, a chunk waits for the load of a chip-wide 2 MB burst, which DRAM drains
     at ~50% of peak (per-channel tails, refresh), so load and compute add instead of
     overlapping. Levers tried (knee): 3-4 slots with smaller tiles (no gain: more re-reads),
