@@ -189,6 +189,11 @@ class DramControllerConfig:
                             "channels (like the XOR channel hashing of GPU memory controllers): "
                             "strided reads, e.g. the rows of a matrix 8 KiB apart, then reach "
                             "every channel, not channels / gcd(stride, channels)", False)
+    bank_hash: bool = _f("add the XOR of the address bits above the bank fields (folded to the "
+                         "bank index's width) to the bank group and bank (permutation-based "
+                         "interleaving, as memory controllers hash bank bits): strided reads "
+                         "then spread over every bank of a channel instead of camping on one "
+                         "bank group or one bank", False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -194,6 +194,8 @@ DramTables = namedtuple("DramTables", [
     "nREFI",         # refresh interval, cycles
     "exact_next",    # 1: find the next cycle by a second scan, not the lower bound (tests)
     "ch_hash",       # 1: channel += address above the channel piece, mod n_ch (mapping.py)
+    "bank_hash",     # 1: bank group and bank += XOR-fold of the address above them (mapping.py)
+    "bank_bits",     # bits of that fold: ceil(log2(n_banks))
     "n_win",         # window constraint rows (tFAW)
     "n_piece",       # address-mapping pieces
     "o_win",         # offset of the window rows in tab
@@ -222,6 +224,7 @@ def dram_map(T, addr):
     row = 0
     col = 0
     above = 0
+    above_bk = 0
     for k in range(n):
         r = tab[o + n + k]
         s = tab[o + 2 * n + k]
@@ -238,14 +241,24 @@ def dram_map(T, addr):
             above = a
         elif f == 1:
             bg += v
+            above_bk = a
         elif f == 2:
             ba += v
+            above_bk = a
         elif f == 3:
             row += v
         else:
             col += v
     if T.ch_hash:
         ch = (ch + above) % T.n_ch
+    if T.bank_hash:
+        x = 0
+        m = (1 << T.bank_bits) - 1
+        while above_bk != 0:
+            x ^= above_bk & m
+            above_bk >>= T.bank_bits
+        bg = (bg + x % T.n_bg) % T.n_bg
+        ba = (ba + x // T.n_bg) % T.n_bpg
     return ch, bg, ba, row, col
 
 

@@ -125,7 +125,8 @@ def build(mem: MemoryConfig) -> DramSystem:
         chunk_bytes=m.chunk_granules * g, rq_cap=ctl.read_queue, wq_cap=wq, wq_hi=wq_hi,
         wq_lo=wq_lo, closed_page=1 if ctl.page_policy == "closed" else 0, nBL=t["nBL"],
         rd_lat=t["nCL"] + t["nBL"], wr_lat=t["nCWL"] + t["nBL"], nREFI=t["nREFI"],
-        exact_next=0, ch_hash=int(ctl.channel_hash), n_win=win.shape[1], n_piece=mp.shape[1],
+        exact_next=0, ch_hash=int(ctl.channel_hash), bank_hash=int(ctl.bank_hash),
+        bank_bits=max(1, (std.banks - 1).bit_length()), n_win=win.shape[1], n_piece=mp.shape[1],
         o_win=115,
         o_mp=115 + win.size, tab=tab,
     )
