@@ -98,6 +98,41 @@ def test_split_k_decode_attention_equals_numpy(kv_heads, batch):
     assert sum(stats.macs.values()) == spec.macs("decode", batch, prompt)
 
 
+def test_split_k_merge_streams_partials_through_the_key_value_slots(monkeypatch):
+    """When the later runs' partial accs do not fit the first run's free SRAM at once (MLA on
+    h100-like: a 32-head group's acc is 64 KiB), the first run loads them into its key/value
+    slots, which its last chunk has freed, as many at a time as fit, each batch once the
+    previous one is added (codegen._merge_runs). Here 32 query heads of width 8 share one kv
+    head on 4 cores with 16 KiB of SRAM: a partial acc is 1 KiB, the slots hold 1 KiB, so the
+    3 runs' merge takes two batches. SPLIT_PARTIAL_SHARE is raised so that 6 chunks may be
+    split (the rule would want runs of 10 chunks for partials this large). Logits equal the
+    numpy reference, every MAC is executed once, and no SRAM is raced."""
+    import dataclasses
+
+    from tilesim.isa.validate import sram_races
+    monkeypatch.setattr(codegen, "SPLIT_PARTIAL_SHARE", 100.0)
+    d = config.to_dict(_four_core_fp32())
+    d["cores"]["sram"]["size_bytes"] = 16 * 1024
+    cfg = config.from_dict(d)
+    spec = dataclasses.replace(tiny_spec(), n_heads=32, n_kv_heads=1, head_dim=8)
+    w = random_weights(spec, 5)
+    rng = np.random.default_rng(6)
+    prompt = 40
+    _, cache = forward_prefill(spec, w, rng.integers(0, spec.vocab_size, (1, prompt)))
+    new = rng.integers(0, spec.vocab_size, 1)
+    ref, _ = forward_decode(spec, w, cache, new, prompt)
+    g = graph.model_graph(spec, "decode", 1, prompt)
+    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, "decode", 1,
+                                 prompt, tokens=new, weights=w, kv_cache=cache)
+    units, cores = _attention_units(comp)
+    assert units == 3 and len(cores) == 3                  # one unit, split into 3 runs
+    assert sum(s.endswith(".merged") for s in comp.program.semaphores) == spec.n_layers
+    stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
+    np.testing.assert_allclose(stats.memory.read("logits"), ref, rtol=1e-5, atol=1e-5)
+    assert sum(stats.macs.values()) == spec.macs("decode", 1, prompt)
+    assert sram_races(comp.program, cfg, stats.t_start, stats.t_end) == []
+
+
 def _attention_units(comp) -> tuple[int, set]:
     """Units of layer 0's attention (one query scaling each) and the cores that run them."""
     from tilesim.isa.opcodes import VecOp

@@ -54,6 +54,12 @@ teach-2core's 4 x 4 arrays would hold 66 M (the process was killed for memory)."
 SPLIT_MIN_CHUNKS = 2
 """Key chunks a run of a split attention unit gets at least (one chunk could not overlap its
 load with the previous chunk's work)."""
+SPLIT_PARTIAL_SHARE = 0.5
+"""A later run of a split unit stores its partial (m, l, acc) and the first run loads it back:
+that traffic may be at most this share of the keys and values the run reads. It binds for MLA
+(deepseek-v3 on h100-like: a 32-head group's partial acc is 64 KiB, a chunk of 32 latent keys
+36 KiB, so runs of at least 8 chunks), not for GQA (a llama-3-8b partial is 2 KiB against a
+16 KiB chunk of keys and values)."""
 NEG = -1e30    # the additive mask value: exp(NEG - max) underflows to 0 in every float type
 
 
@@ -322,7 +328,8 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
             continue
         xres = em.alloc(core, nbytes(mb * k, in_dt)) if plan.resident else None
         xstage = em.alloc(core, nbytes(mb * k, act)) if plan.resident and conv_x else None
-        xs = [em.alloc(core, nbytes(mb * kl, in_dt)) for _ in range(2)] if not plan.resident else None
+        xs = [em.alloc(core, nbytes(mb * kl, in_dt)) for _ in range(2)] \
+            if not plan.resident else None
         xraw = [em.alloc(core, nbytes(mb * kl, act)) for _ in range(2)] \
             if not plan.resident and conv_x else None
         ws = [em.alloc(core, nbytes(kl * w, w_dt)) for _ in range(2)]
@@ -806,11 +813,13 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     into head groups, a unit each, every one streaming the chunks.
 
     *Split-K* (flash-decoding): when the units leave cores idle (decode at small batch: one
-    unit per sequence and kv head), each unit's key chunks are cut into up to ``parts``
-    contiguous runs of at least SPLIT_MIN_CHUNKS chunks, one per core. Every run but the first
-    stores its (m, l, acc) to DRAM and signals the unit's semaphore; the first run's core
-    loads them and merges: M = max_p m_p, w_p = exp(m_p - M), l = sum_p w_p l_p,
-    acc = sum_p w_p acc_p, then writes acc / l as usual.
+    unit per sequence and kv head), each unit's key chunks are cut into contiguous runs, one
+    per core, of at least SPLIT_MIN_CHUNKS chunks and enough that the partial a run hands
+    back is at most SPLIT_PARTIAL_SHARE of what it reads. Every run but the first stores its
+    (m, l, acc) to DRAM and signals the unit's semaphore; the first run's core loads them and
+    merges: M = max_p m_p, w_p = exp(m_p - M), l = sum_p w_p l_p, acc = sum_p w_p acc_p,
+    then writes acc / l as usual. Partials that do not fit its free SRAM at once (MLA's) are
+    loaded in batches into its key/value slots, free by then (_merge_runs).
 
     The new key and value rows are first copied into the cache, in blocks spread over all
     cores (like vLLM's separate cache-write kernel); a chunk holding any of them waits for
@@ -852,9 +861,24 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     R = gh * qb
     free = em.sram_size - fixed - per_row * R - 4 * ALIGN
 
+    # a later run's partial, stored and loaded again, against one chunk's keys and values
+    one = nbytes(R * vw, acc)
+    chunk_kv = nbytes(ck * sw, kvdt) + (0 if job.shared_kv else nbytes(ck * vw, kvdt))
+    min_run = max(SPLIT_MIN_CHUNKS, math.ceil(2 * (one + nbytes(2 * R, f32))
+                                              / (SPLIT_PARTIAL_SHARE * chunk_kv)))
+    # the K/V slots, free once a run's last chunk is used: where a merge whose partials do
+    # not fit the free SRAM at once streams them (_merge_runs)
+    kv_slots = 2 * align(nbytes(ck * sw, kvdt)) + (0 if job.shared_kv
+                                                   else 2 * align(nbytes(ck * vw, kvdt)))
+
+    def merge_fits(p: int) -> bool:
+        """The partials of p runs fit the free SRAM at once."""
+        return 2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc) <= free
+
     def parts_of(qi: int) -> int:
-        p = min(em.cores // n_base, spans[qi][2] // SPLIT_MIN_CHUNKS)
-        while p > 1 and (2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc)) > free:
+        p = min(em.cores // n_base, spans[qi][2] // min_run)
+        while p > 1 and not merge_fits(p) and (one > kv_slots
+                                               or 2 * nbytes(p * R, f32) > free):
             p -= 1
         return max(1, p)
 
@@ -1043,7 +1067,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                     continue
                 _merge_runs(em, core, n_parts, rows, vw, acc, cur, lsum, accb, mc,
                             (part_ml, part_acc, row0, R), (usem, 3 * (n_parts - 1)),
-                            [done], sem["pl"])
+                            [done], sem["pl"],
+                            None if merge_fits(n_parts) else (kbuf[0], kv_slots))
             # out = acc / l, stored per head
             em.vop(core, VecOp.RECIP, lsum, lsum, rows, 1, 4, 4, f32, wait=[(sem["pv"], cnt["pv"]),
                    (sem["st"], cnt["st"]) if cnt["st"] else None])
@@ -1077,22 +1102,37 @@ def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
 
 
 def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, ready, wait,
-                pl_sem) -> None:
+                pl_sem, stream=None) -> None:
     """The first run of a split attention unit merges the other n - 1 runs' (m, l, acc)
     (emit_attention, *Split-K*) into its own ``l_own`` and ``acc_own``, which then hold
     sum_p w_p l_p and sum_p w_p acc_p with w_p = exp(m_p - max_p m_p). ``dram`` is (part_ml,
     part_acc, first partial row, rows per partial); ``ready`` the (semaphore, count) the runs'
     stores reach; ``wait`` the first run's own last P.V. Uses ``m_max`` (rows values) as
-    scratch for the max."""
+    scratch for the max. With ``stream`` = (address, bytes) of SRAM this run no longer uses
+    (its K/V slots), the partial accs are loaded there as many at a time as fit, each batch
+    once the previous one is added (the same sums in the same order)."""
     f32 = "fp32"
     part_ml, part_acc, row0, R = dram
     e = nbytes(rows, f32)                       # one run's m (or l) row
+    one = nbytes(rows * vw, acc)                # one run's acc
     ml = em.alloc(core, nbytes(2 * n * R, f32))    # rows 2p, 2p + 1: m_p, l_p (run 0: own)
-    accs = em.alloc(core, nbytes((n - 1) * R * vw, acc))
     em.load(core, 0, part_ml.at(2 * row0), ml + 2 * e, 2 * (n - 1), rows, part_ml.row_bytes,
             e, f32, wait=[ready], signal=[pl_sem])
-    em.load(core, 0, part_acc.at(row0 * R), accs, n - 1, rows * vw, part_acc.row_bytes * R,
-            nbytes(rows * vw, acc), acc, wait=[ready], signal=[pl_sem])
+    if stream is None:
+        accs, per = em.alloc(core, nbytes((n - 1) * R * vw, acc)), n - 1
+    else:
+        accs, per = stream[0], stream[1] // one
+    batches = [(p, min(p + per, n)) for p in range(1, n, per)]
+    merged = em.sem(f"c{core}.merged") if len(batches) > 1 else None
+
+    def load_batch(j: int) -> None:
+        p0, p1 = batches[j]
+        em.load(core, 0, part_acc.at((row0 + p0 - 1) * R), accs, p1 - p0, rows * vw,
+                part_acc.row_bytes * R, one, acc,
+                wait=[ready, (merged, j) if j else wait[0] if stream is not None else None],
+                signal=[pl_sem])
+
+    load_batch(0)
     em.vop(core, VecOp.COPY, m_own, ml, 1, rows, e, e, f32, wait=wait + [(pl_sem, 2)])
     em.vop(core, VecOp.COPY, l_own, ml + e, 1, rows, e, e, f32)
     em.vop(core, VecOp.MAX, ml, m_max, 1, rows, e, e, f32, src2=ml + 2 * e)
@@ -1109,12 +1149,16 @@ def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, 
     a_row = nbytes(vw, acc)
     em.vop(core, VecOp.MUL, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=ml,
            flags=Flag.BCAST_ROW)
-    for p in range(1, n):
-        blk = accs + (p - 1) * nbytes(rows * vw, acc)
-        em.vop(core, VecOp.MUL, blk, blk, rows, vw, a_row, a_row, f32, src2=ml + 2 * p * e,
-               flags=Flag.BCAST_ROW)
-        em.vop(core, VecOp.ADD, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=blk,
-               src2_row=a_row)
+    for j, (p0, p1) in enumerate(batches):
+        if j:
+            load_batch(j)
+        for p in range(p0, p1):
+            blk = accs + (p - p0) * one
+            em.vop(core, VecOp.MUL, blk, blk, rows, vw, a_row, a_row, f32, src2=ml + 2 * p * e,
+                   flags=Flag.BCAST_ROW, wait=[(pl_sem, 2 + j)] if j and p == p0 else ())
+            em.vop(core, VecOp.ADD, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=blk,
+                   src2_row=a_row, signal=[merged] if merged is not None and p == p1 - 1
+                   and j < len(batches) - 1 else [])
 
 
 # ============================================================================================
