@@ -714,7 +714,9 @@ def test_bank_hash_spreads_strided_rows_over_banks_and_keeps_streams_even():
     so the same rows reach every bank of every channel (160 x 16), while a sequential stripe of
     160 x 16 chunks still lands once on each (channel, bank) and a chunk stays in one row of
     one bank. Measured through the DRAM model: 256 B reads 8 KiB apart run at a fraction of
-    the stream's bandwidth without the hash and at the stream's with it."""
+    the stream's bandwidth without the hash and at the stream's with it. Both hashes keep the
+    mapping one-to-one: 8 stripes of 160 x 16 x 2 chunks land on as many distinct (channel,
+    bank group, bank, row, column) places."""
     from tilesim.arch import _engine
     from tilesim.arch.dram import model
     d = config.to_dict(config.load("h100-like-hbm3"))
@@ -737,6 +739,8 @@ def test_bank_hash_spreads_strided_rows_over_banks_and_keeps_streams_even():
         assert len(set(banks(T, rows))) == spread
         assert len(set(banks(T, stripe))) == 160 * 16
         assert len({_engine.dram_map(T, int(a))[:4] for a in inside}) == 1
+        every = np.arange(160 * 16 * 2 * 8, dtype=np.int64) * 512 + 512 * 160 * 16 * 2 * 8 * 5
+        assert len({_engine.dram_map(T, int(a)) for a in every}) == every.size
         addr = np.arange(16384, dtype=np.int64) * 8192
         gbps[name] = model.simulate(system, addr, 256).summary()["bandwidth_gbps"]
         stream = np.arange(8192, dtype=np.int64) * 512
