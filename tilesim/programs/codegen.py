@@ -304,9 +304,8 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
         raise InputError(
             f"{cfg.name}: op {job.name} ({f'{job.count} products of ' if job.count > 1 else ''}"
             f"{m} x {k} @ {k} x {n} on {sa.rows} x {sa.cols} arrays) takes the program past "
-            f"{MAX_PROGRAM_STEPS:,} "
-            f"matrix instructions, more than this machine can hold while simulating; use a "
-            f"chip with larger arrays or a smaller model, batch or context")
+            f"{MAX_PROGRAM_STEPS:,} matrix instructions, more than this machine can hold while "
+            f"simulating; use a chip with larger arrays or a smaller model, batch or context")
     # weights in DRAM: per product, strips of w columns
     wt = []
     for c in range(job.count):
@@ -875,10 +874,13 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         """The partials of p runs fit the free SRAM at once."""
         return 2 * nbytes(p * R, f32) + nbytes((p - 1) * R * vw, acc) <= free
 
+    def merge_streams(p: int) -> bool:
+        """Their m and l fit the free SRAM and one acc fits the K/V slots."""
+        return 2 * nbytes(p * R, f32) <= free and one <= kv_slots
+
     def parts_of(qi: int) -> int:
         p = min(em.cores // n_base, spans[qi][2] // min_run)
-        while p > 1 and not merge_fits(p) and (one > kv_slots
-                                               or 2 * nbytes(p * R, f32) > free):
+        while p > 1 and not (merge_fits(p) or merge_streams(p)):
             p -= 1
         return max(1, p)
 
@@ -917,6 +919,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         kbuf = [em.alloc(core, nbytes(ck * sw, kvdt)) for _ in (0, 1)]
         vbuf = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] if not job.shared_kv \
             else kbuf
+        assert em.sram_top[core] - kbuf[0] == kv_slots      # one region, for _merge_runs
         S = em.alloc(core, nbytes(R * ck, f32))
         P = em.alloc(core, nbytes(R * ck, in_dt))
         mk = em.alloc(core, nbytes(R * ck, f32))
@@ -1087,8 +1090,7 @@ def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
     keys/values into the cache through one stage buffer of ``stage_rows`` rows; each store
     signals ``appended``. The stores are not the op's final ones: a chunk that reads the rows
     waits for all of them, and feeds one."""
-    width = max(pair[2] for _, _, pair, _ in blocks)
-    stage = em.alloc(core, nbytes(stage_rows * width, act))
+    stage = em.alloc(core, nbytes(stage_rows * max(pair[2] for _, _, pair, _ in blocks), act))
     ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
     for n, (b, h, (t_new, cache, width), a0) in enumerate(blocks):
         na = min(stage_rows, job.queries - a0)
@@ -1126,11 +1128,15 @@ def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, 
     merged = em.sem(f"c{core}.merged") if len(batches) > 1 else None
 
     def load_batch(j: int) -> None:
+        """Batch j goes where batch j - 1 was once it is added; the first into the K/V slots
+        once the run's own last P.V has read them."""
         p0, p1 = batches[j]
+        if j:
+            free_dst = (merged, j)
+        else:
+            free_dst = wait[0] if stream is not None else None
         em.load(core, 0, part_acc.at((row0 + p0 - 1) * R), accs, p1 - p0, rows * vw,
-                part_acc.row_bytes * R, one, acc,
-                wait=[ready, (merged, j) if j else wait[0] if stream is not None else None],
-                signal=[pl_sem])
+                part_acc.row_bytes * R, one, acc, wait=[ready, free_dst], signal=[pl_sem])
 
     load_batch(0)
     em.vop(core, VecOp.COPY, m_own, ml, 1, rows, e, e, f32, wait=wait + [(pl_sem, 2)])
@@ -1156,9 +1162,9 @@ def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, 
             blk = accs + (p - p0) * one
             em.vop(core, VecOp.MUL, blk, blk, rows, vw, a_row, a_row, f32, src2=ml + 2 * p * e,
                    flags=Flag.BCAST_ROW, wait=[(pl_sem, 2 + j)] if j and p == p0 else ())
+            more = p == p1 - 1 and j < len(batches) - 1      # another batch comes here
             em.vop(core, VecOp.ADD, acc_own, acc_own, rows, vw, a_row, a_row, f32, src2=blk,
-                   src2_row=a_row, signal=[merged] if merged is not None and p == p1 - 1
-                   and j < len(batches) - 1 else [])
+                   src2_row=a_row, signal=[merged] if more else [])
 
 
 # ============================================================================================
