@@ -606,6 +606,25 @@ def test_norm_rows_spread_over_every_core_and_gamma_is_multicast_once(kind):
     assert stats.dma_requests["multicast"] > 0
 
 
+def test_decode_attention_appends_the_new_rows_of_many_sequences_in_one_copy():
+    """Decode at batch 256 on h100-like: the new key and value rows (one per sequence and kv
+    head) reach the cache in strided copies of 64 sequences, 2 x 4 kv heads x 4 = 32 loads
+    and 32 stores, not 2,048 of one row each (16 dependent copies per core, ~8 K cycles
+    before any attention could start)."""
+    cfg = config.load("h100-like-hbm3")
+    spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=1, n_heads=16,
+                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+    g = graph.model_graph(spec, "decode", 256, 16)
+    nodes = [g.nodes[n] for n in g.nodes if g.nodes[n]["kind"] == "attention"]
+    comp = codegen.compile_nodes(spec, nodes, cfg, "decode", 256, 16)
+    ins = comp.program.instrs
+    appends = ins[(ins["shape"][:, 1] == 64) & (ins["shape"][:, 2] == 1)
+                  & (ins["shape"][:, 3] == spec.head_dim)]
+    assert (appends["op"] == Op.LOAD).sum() == 32 and (appends["op"] == Op.STORE).sum() == 32
+    assert ((ins["op"] == Op.LOAD) & (ins["shape"][:, 1] == 1) & (ins["shape"][:, 2] == 1)
+            & (ins["shape"][:, 3] == spec.head_dim)).sum() == 0
+
+
 @pytest.mark.slow
 def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     """Decode against batch on h100-like-hbm3 (a llama-shaped model of d_model 2048, so a point
@@ -614,25 +633,28 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     bytes per bf16 weight; 295 here), then linear with a slope of MACs per token / P (435
     cycles). The simulator must show the shape: flat (batch 16 within 15% of batch 1), then
     linear (doubling 512 -> 1024 costs at least 1.6x), never below the roofline; past batch
-    512 an extra sequence costs 1,218 cycles, 2.8x the roofline's slope (asserted: at most
-    3.5x), and the knee (where the flat level meets the line through the two largest batches)
-    lands at 32, b*/9 (asserted: within [b*/16, 2 b*]). So the issue's "knee near ops:byte" is
-    not met, for measured reasons (issue-6 notes): the ops' own rooflines, max(MACs / P, DRAM
-    bytes / B) with the traffic the mapper chose, sum to 700 cycles per sequence, because a
-    16-core group holds output tiles of at most ~512 x 512 in its 4 MiB of SRAM, so X and W
-    are re-read ~14 and 2 times (an intensity of ~128 MAC/B below the chip's 148), and the
-    unfused norms, residuals, activation and RoPE add ~110. The rest is overlap: with two
-    buffer slots per lockstep group, a chunk waits for a chip-wide 2 MB load whose pieces land
-    2,000-3,500 cycles after they are asked for (the up matmul at batch 1024 keeps the DRAM
-    48% busy), so loads and
-    compute add instead of overlapping, from small batches on. Levers tried (knee): 3-4 slots
-    with smaller tiles (no gain: more re-reads), 4 slots of half-length chunks (7% slower: X's
-    128 B row pieces fill half a flit), staggering the groups' chunk boundaries (no gain),
-    multicast groups of 64 (88), 1 MiB SRAM per core (the curve turns concave), no refresh
-    (18: the flat level drops more). The bank hash (memory.controller.bank_hash) made batches
-    512 and 1024 2.3% and 5.6% faster and moved this knee from 65 to 32: the line through
-    them got steeper relative to its level, not the small batches slower. An L2 that serves
-    the re-reads is what H100 has here."""
+    512 an extra sequence costs 1,108 cycles, 2.5x the roofline's slope (asserted: at most
+    3x), and the knee (where the flat level meets the line through the two largest batches)
+    lands at 54, b*/5.5 (asserted: within [b*/8, 2 b*]). Measured steps (K cycles): batch 1
+    242, 16 254, 64 280, 128 336, 256 483, 512 750, 1024 1,317.
+
+    So the issue's "knee near ops:byte" is not met, for measured reasons (issue-6 notes). At
+    batch 1024 the matmuls take 1.6-1.9x their own DRAM roofline: with two buffer slots per
+    16-core lockstep group, a chunk waits for a chip-wide 2 MB load whose pieces land
+    2,000-3,500 cycles after they are asked for, so loads and compute add instead of
+    overlapping; and a group's 4 MiB of SRAM holds output tiles of at most ~512 x 512, so X
+    and W are re-read ~14 and 2 times (an intensity of ~128 MAC/B, below the chip's 148).
+    Attention takes 2x its roofline (per (sequence, kv head) the score and softmax steps
+    alternate between the matrix and vector engines). Row-wise ops used to be the rest: sized
+    to the SRAM alone, a batch-64 RMSNorm ran on 11 of 132 cores, RoPE on 3, and 132 cores
+    read gamma one by one; each row op now spreads its rows over every core and multicasts
+    gamma, and the decode KV append copies 64 sequences' rows at once (not 16 one-row copies
+    per core): batch 64 300.7 -> 279.8 K cycles, 256 527.0 -> 482.8 K, 1024 1,450 ->
+    1,317 K, knee 32 -> 54. Levers tried for the matmuls (knee): 3-4 slots with smaller
+    tiles (no gain: more re-reads), 4 slots of half-length chunks (7% slower: X's 128 B row
+    pieces fill half a flit), staggering the groups' chunk boundaries (no gain), multicast
+    groups of 64, 1 MiB SRAM per core (the curve turns concave), no refresh. An L2 that
+    serves the re-reads is what H100 has here."""
     from tilesim.arch import dram
     cfg = config.load("h100-like-hbm3")
     spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
@@ -649,9 +671,9 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     assert t[16] <= 1.15 * t[1]
     assert t[1024] >= 1.6 * t[512]
     slope = (t[1024] - t[512]) / 512
-    assert slope <= 3.5 * spec.macs("decode", 1, 16) / cfg.peak_macs_per_cycle, (slope, t)
+    assert slope <= 3 * spec.macs("decode", 1, 16) / cfg.peak_macs_per_cycle, (slope, t)
     knee = 1024 - (t[1024] - t[1]) / slope
-    assert knee_roof / 16 <= knee <= 2 * knee_roof, (knee, knee_roof, t)
+    assert knee_roof / 8 <= knee <= 2 * knee_roof, (knee, knee_roof, t)
 
 
 def test_unknown_plan_field_is_a_one_line_error():

@@ -863,7 +863,12 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                + nbytes(vw, act) + 5 * 4)
     fixed = 2 * nbytes(ck * sw, kvdt) + (0 if job.shared_kv else 2 * nbytes(ck * vw, kvdt))
     stage_rows = min(64, job.queries)
-    fixed += nbytes(stage_rows * max(sw, vw), act) + 20 * ALIGN
+    # decode appends one row per sequence and kv head: a block then takes the rows of up to
+    # seq_block sequences (one strided copy, at most 16 KiB) instead of one row each, which
+    # at batch 256 left 16 dependent copies of 256 B per core before any attention began
+    seq_block = 1 if job.queries > 1 else max(1, min(64, job.batch,
+                                                     16384 // nbytes(max(sw, vw), act)))
+    fixed += nbytes(max(stage_rows, seq_block) * max(sw, vw), act) + 20 * ALIGN
     r_max = (em.sram_size - fixed) // per_row
     if r_max < 1:
         raise InputError(f"{cfg.name}: attention {job.name} needs more than "
@@ -925,7 +930,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     # cores; a chunk holding any of them waits, on any core, for all n_app block stores
     pairs = [(t, c, w) for t, c, w in ((job.k_new, job.cache_k, sw), (job.v_new, job.cache_v, vw))
              if t is not None and c is not None]
-    appends = [(b, h, pair, a0) for b in range(job.batch) for h in range(job.kv_heads)
+    appends = [(b, min(seq_block, job.batch - b), h, pair, a0)
+               for b in range(0, job.batch, seq_block) for h in range(job.kv_heads)
                for pair in pairs for a0 in range(0, job.queries, stage_rows)]
     n_app = len(appends)
     appended = em.sem("appended") if n_app else None
@@ -938,7 +944,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     scale = 1.0 / math.sqrt(job.qk_dim)
     for core, run in enumerate(split(len(units), em.cores)):
         if len(append_runs[core]):
-            _append_rows(em, core, [appends[i] for i in append_runs[core]], job, stage_rows,
+            _append_rows(em, core, [appends[i] for i in append_runs[core]], job,
+                         max(stage_rows, seq_block),
                          act, appended)
         if not len(run):
             continue
@@ -958,15 +965,23 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         lc = em.alloc(core, nbytes(R, f32) + 64)
         accb = em.alloc(core, nbytes(R * vw, acc))
         ob = em.alloc(core, nbytes(R * vw, act))
+        # a second query slot where the SRAM has room: the next unit's query then loads
+        # while this one computes (decode: one chunk per unit at short contexts, so a
+        # query load each unit would otherwise add its whole latency)
+        qsb = [qs] + ([em.alloc(core, nbytes(R * sw, in_dt))] if len(run) > 1 and
+                      em.sram_top[core] + align(nbytes(R * sw, in_dt)) <= em.sram_size else [])
+        q_free: list = [None] * len(qsb)       # what a query slot's next load waits for
         sem = {n: em.sem(f"c{core}.{n}") for n in
-               ("q", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
+               ("q0", "q1", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
                 "mkf", "pl")}
         cnt = dict.fromkeys(sem, 0)
         chunk_no = 0
         rowq = nbytes(sw, in_dt)
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
-        for ui in run:
+        for u, ui in enumerate(run):
             b, h, hg, qi, part, n_parts = units[ui]
+            qslot = u % len(qsb)
+            qs, qsem = qsb[qslot], f"q{qslot}"
             q0 = qi * qb
             nq = min(qb, job.queries - q0)
             h0, h1 = heads[hg]                  # query heads h0..h1-1 of kv head h
@@ -976,10 +991,10 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             qsrc = job.q.at(b * job.queries + q0, (h * g + h0) * sw)
             em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=nh,
                     src_head=nbytes(sw, act), dst_head=nq * rowq,
-                    wait=[(sem["o"], cnt["o"]) if cnt["o"] else None], signal=[sem["q"]])
-            cnt["q"] += 1
+                    wait=[q_free[qslot]], signal=[sem[qsem]])
+            cnt[qsem] += 1
             em.vop(core, VecOp.MUL, qs, qs, rows, sw, rowq, rowq, in_dt, flags=Flag.BCAST_IMM,
-                   imm=scale, wait=[(sem["q"], cnt["q"])], signal=[sem["qs"]])
+                   imm=scale, wait=[(sem[qsem], cnt[qsem])], signal=[sem["qs"]])
             cnt["qs"] += 1
             # keys this block (this run of it) can see, one chunk at a time (the cache must
             # hold the appended rows first)
@@ -1085,6 +1100,10 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                             flags=0 if first else int(Flag.ACCUMULATE))
                 cnt["pv"] += 1
                 chunk_no += 1
+            # the slot is free once the last score product has read it (or, without keys,
+            # once it is scaled)
+            q_free[qslot] = (sem["sc"], cnt["sc"]) if c_end > c_first else (sem["qs"],
+                                                                            cnt["qs"])
             if n_parts > 1:
                 usem, row0 = owner_of[(b, h, hg, qi)]
                 done = (sem["pv"], cnt["pv"])   # the run's last P.V (after its m and l)
@@ -1114,21 +1133,24 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
 
 
 def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
-    """Copy ``blocks`` (sequence, kv head, (new rows, cache, width), first row) of the new
-    keys/values into the cache through one stage buffer of ``stage_rows`` rows; each store
-    signals ``appended``. The stores are not the op's final ones: a chunk that reads the rows
-    waits for all of them, and feeds one."""
-    stage = em.alloc(core, nbytes(stage_rows * max(pair[2] for _, _, pair, _ in blocks), act))
+    """Copy ``blocks`` (first sequence, sequences, kv head, (new rows, cache, width), first
+    row) of the new keys/values into the cache through one stage buffer of ``stage_rows``
+    rows (sequences x rows); each store signals ``appended``. The stores are not the op's
+    final ones: a chunk that reads the rows waits for all of them, and feeds one."""
+    stage = em.alloc(core, nbytes(stage_rows * max(pair[2] for _, _, _, pair, _ in blocks),
+                                  act))
     ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
-    for n, (b, h, (t_new, cache, width), a0) in enumerate(blocks):
-        na = min(stage_rows, job.queries - a0)
+    for n, (b, nb, h, (t_new, cache, width), a0) in enumerate(blocks):
+        na = min(stage_rows // nb, job.queries - a0)
+        rowb = nbytes(width, act)
         em.load(core, 0, t_new.at(b * job.queries + a0, h * width), stage, na, width,
-                t_new.row_bytes, nbytes(width, act), act, wait=[(st, n) if n else None],
-                signal=[ld])
+                t_new.row_bytes, rowb, act, wait=[(st, n) if n else None], signal=[ld],
+                heads=nb, src_head=job.queries * t_new.row_bytes, dst_head=na * rowb)
         em.store(core, em.dma - 1, stage, cache.at((b * job.kv_heads + h) * job.positions
                                                    + job.start + a0),
-                 na, width, nbytes(width, act), cache.row_bytes, act, wait=[(ld, n + 1)],
-                 signal=[st, appended], final=False)
+                 na, width, rowb, cache.row_bytes, act, wait=[(ld, n + 1)],
+                 signal=[st, appended], final=False, heads=nb, src_head=na * rowb,
+                 dst_head=job.kv_heads * job.positions * cache.row_bytes)
 
 
 def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, ready, wait,
