@@ -707,37 +707,50 @@ def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: i
 
     Elementwise, so cut into blocks of rows and, when the four buffers of one row do not fit
     the SRAM (llama-3-70b's 28,672-wide FFN activation), into blocks of columns too (of
-    multiples of 64 elements, 12 bytes each in half the SRAM)."""
+    multiples of 64 elements, 12 bytes each in half the SRAM). A core with several blocks
+    double-buffers them: a block's rows take at most a quarter of the SRAM at 12 bytes an
+    element, so two sets of its buffers (a, b, y and an fp32 temporary: 10 bytes an element
+    in bf16, 16 in fp32) fit in two thirds, and block i + 1 loads while block i computes and
+    stores (one set where a single row is that wide)."""
     f32 = "fp32"
     cb = cols
     if 3 * align(nbytes(cols, act)) + align(nbytes(cols, f32)) > em.sram_size:
         cb = max(1, em.sram_size // 2 // 12)
         cb = cb // 64 * 64 or cb
-    rb, rblocks = _row_plan(em, rows, cb * 12, 1, ways=ceil_div(cols, cb))
+    rb, rblocks = _row_plan(em, rows, cb * 12, 3, ways=ceil_div(cols, cb))
     blocks = [(r0, nr, c0, min(cb, cols - c0)) for r0, nr in rblocks
               for c0 in range(0, cols, cb)]
     for core, run in enumerate(split(len(blocks), em.cores)):
         if not len(run):
             continue
-        ab = em.alloc(core, nbytes(rb * cb, act))
-        bb = em.alloc(core, nbytes(rb * cb, act))
-        tf = em.alloc(core, nbytes(rb * cb, f32))
-        yb = em.alloc(core, nbytes(rb * cb, act))
-        ld = em.sem(f"c{core}.ld")
+        one, one_f = nbytes(rb * cb, act), nbytes(rb * cb, f32)
+        sets = []                      # (a, b, fp32 temporary, y): two where they fit
+        for _ in range(min(2, len(run))):
+            if sets and em.sram_top[core] + 3 * align(one) + align(one_f) > em.sram_size:
+                break
+            sets.append((em.alloc(core, one), em.alloc(core, one), em.alloc(core, one_f),
+                         em.alloc(core, one)))
+        n_sets = len(sets)
+        # per set: loads in (any order, so a count per set) and stores out; the vector
+        # engine runs in order, so one count of finished blocks serves both sets
+        ld = [em.sem(f"c{core}.ld{k}") for k in range(n_sets)]
+        st = [em.sem(f"c{core}.st{k}") for k in range(n_sets)]
         vd = em.sem(f"c{core}.vd")
-        st = em.sem(f"c{core}.st")
-        nld = 0
+        nld = [0] * n_sets
         rowa, rowf = nbytes(cb, act), nbytes(cb, f32)
         for i, bi in enumerate(run):
             r0, nr, c0, nc = blocks[bi]
+            k = i % n_sets
+            ab, bb, tf, yb = sets[k]
+            reuse = i >= n_sets                # the set held block i - n_sets
             em.load(core, 0, a.at(r0, c0), ab, nr, nc, a.row_bytes, rowa, act,
-                    wait=[(vd, i) if i else None], signal=[ld])
-            nld += 1
+                    wait=[(vd, i - n_sets + 1) if reuse else None], signal=[ld[k]])
+            nld[k] += 1
             if fn != "gelu":
                 em.load(core, 0, b.at(r0, c0), bb, nr, nc, b.row_bytes, rowa, act,
-                        signal=[ld])
-                nld += 1
-            w = [(ld, nld), (st, i) if i else None]
+                        signal=[ld[k]])
+                nld[k] += 1
+            w = [(ld[k], nld[k]), (st[k], i // n_sets) if reuse else None]
             if fn == "add":
                 em.vop(core, VecOp.ADD, ab, yb, nr, nc, rowa, rowa, act, src2=bb, src2_row=rowa,
                        wait=w, signal=[vd])
@@ -749,7 +762,7 @@ def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: i
             else:
                 em.vop(core, VecOp.GELU, ab, yb, nr, nc, rowa, rowa, act, wait=w, signal=[vd])
             em.store(core, em.dma - 1, yb, y.at(r0, c0), nr, nc, rowa, y.row_bytes, act,
-                     wait=[(vd, i + 1)], signal=[st])
+                     wait=[(vd, i + 1)], signal=[st[k]])
 
 
 def rope_table(positions: np.ndarray, rot_dim: int, theta: float) -> np.ndarray:
