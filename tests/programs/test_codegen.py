@@ -577,6 +577,19 @@ def test_elementwise_op_wider_than_the_sram_is_cut_into_columns_and_equals_numpy
     assert sram_races(prog, cfg, stats.t_start, stats.t_end) == []
 
 
+@pytest.mark.parametrize("rows,block,blocks", [(0, 1, 0), (1, 1, 1), (64, 1, 64),
+                                               (1024, 4, 256), (2048, 6, 342)])
+def test_row_blocks_give_every_core_the_same_number_of_blocks(rows, block, blocks):
+    """A 2,048-wide fp32 norm row takes 8 KiB; with four buffers a block may hold 6 rows of
+    h100-like's 256 KiB. Per core ceil(rows / (6 x 132)) blocks, of ceil(rows / (that x 132))
+    rows: 64 rows one a core, 1,024 in blocks of 4 (two a core, not 171 blocks of 6 that leave
+    39 cores with twice the work), 2,048 in blocks of 6 (the SRAM's limit)."""
+    em = codegen.Emitter(config.load("h100-like-hbm3"), "rows")
+    rb, got = codegen._row_plan(em, rows, 2048 * 4, 4)
+    assert (rb, len(got)) == (block, blocks)
+    assert sum(n for _, n in got) == rows and all(n <= 6 for _, n in got)
+
+
 @pytest.mark.parametrize("kind", ["rms", "layer"])
 def test_norm_rows_spread_over_every_core_and_gamma_is_multicast_once(kind):
     """A norm of 8 rows on 4 cores (a batch-8 decode step's): blocks of 2 rows, one per core

@@ -615,8 +615,8 @@ def _row_plan(em: Emitter, rows: int, row_bytes: int, buffers: int, ways: int = 
     budget = em.sram_size // (buffers + 1)
     cap = row_blocks(rows, row_bytes, budget)
     cores = max(1, em.cores // ways)
-    per_core = ceil_div(rows, cap * cores)
-    rb = ceil_div(rows, per_core * cores)
+    per_core = max(1, ceil_div(rows, cap * cores))
+    rb = max(1, ceil_div(rows, per_core * cores))
     blocks = [(r, min(rb, rows - r)) for r in range(0, rows, rb)]
     return rb, blocks
 
