@@ -872,7 +872,12 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     sw, vw = job.score_width, job.value_width
     ck = min(sa.rows, sa.cols)
     # query blocks: rows = g heads x qb queries
-    per_row = (nbytes(sw, in_dt) + 2 * nbytes(ck, f32) + nbytes(ck, in_dt) + nbytes(vw, acc)
+    # prefill's query blocks stream many chunks each: two score and probability buffers let a
+    # chunk's scores be computed while the vector engine works on the previous chunk's softmax
+    # (decode's units, a few chunks each, keep one)
+    two = job.queries > 1
+    per_row = (nbytes(sw, in_dt) + (3 if two else 2) * nbytes(ck, f32)
+               + (2 if two else 1) * nbytes(ck, in_dt) + nbytes(vw, acc)
                + nbytes(vw, act) + 5 * 4)
     fixed = 2 * nbytes(ck * sw, kvdt) + (0 if job.shared_kv else 2 * nbytes(ck * vw, kvdt))
     stage_rows = min(64, job.queries)
@@ -968,8 +973,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         vbuf = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] if not job.shared_kv \
             else kbuf
         assert em.sram_top[core] - kbuf[0] == kv_slots      # one region, for _merge_runs
-        S = em.alloc(core, nbytes(R * ck, f32))
-        P = em.alloc(core, nbytes(R * ck, in_dt))
+        Sb = [em.alloc(core, nbytes(R * ck, f32)) for _ in range(1 + two)]
+        Pb = [em.alloc(core, nbytes(R * ck, in_dt)) for _ in range(1 + two)]
         mk = em.alloc(core, nbytes(R * ck, f32))
         m = [em.alloc(core, nbytes(R, f32) + 64) for _ in (0, 1)]
         mc = em.alloc(core, nbytes(R, f32) + 64)
@@ -991,6 +996,24 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         chunk_no = 0
         rowq = nbytes(sw, in_dt)
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
+        pending = None      # with two buffers, the previous chunk's P.V: after these scores
+
+        def emit_pv(vslot, nk, first, P, p_need):
+            """acc[rows x vw] (+)= P . V over value-width steps of the array columns."""
+            vsteps = ceil_div(vw, sa.cols)
+            for t in range(vsteps):
+                nn = min(sa.cols, vw - t * sa.cols)
+                em.emit(core, Engine.MATRIX, [(sem["p"], p_need)] if t == 0 else [], [],
+                        op=Op.LDW, src_addr=vbuf[vslot] + nbytes(t * sa.cols, kvdt), k=nk,
+                        n=nn, src_stride=(0, 0, nbytes(sw if job.shared_kv else vw, kvdt), 0),
+                        dtype=_code(sa.weight_dtype))
+                em.emit(core, Engine.MATRIX, [], [sem["pv"]] if t == vsteps - 1 else [],
+                        op=Op.MM, src_addr=P, dst_addr=accb + nbytes(t * sa.cols, acc),
+                        m=rows, k=nk, n=nn, src_stride=(0, 0, rowP, 0),
+                        dst_stride=(0, 0, rowA, 0), dtype=_code(in_dt), dtype2=_code(acc),
+                        flags=0 if first else int(Flag.ACCUMULATE))
+            cnt["pv"] += 1
+
         for u, ui in enumerate(run):
             b, h, hg, qi, part, n_parts = units[ui]
             qslot = u % len(qsb)
@@ -1052,13 +1075,16 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                             wait=[(sem["mkf"], cnt["mk"]) if cnt["mk"] else None],
                             signal=[sem["mk"]])
                     cnt["mk"] += 1
-                # scores S[rows x nk] = q . K^T over score-width steps of the array rows
+                # scores S[rows x nk] = q . K^T over score-width steps of the array rows, into
+                # the buffer whose last softmax has finished with it (its P is converted)
+                S, P = Sb[chunk_no % len(Sb)], Pb[chunk_no % len(Pb)]
                 steps = ceil_div(sw, sa.rows)
                 for t in range(steps):
                     kk = min(sa.rows, sw - t * sa.rows)
                     w = [(sem[f"full{slot}"], cnt[f"full{slot}"])] if t == 0 else []
                     if t == 0:
-                        w.append((sem["p"], cnt["p"]) if cnt["p"] else None)
+                        w.append((sem["p"], cnt["p"] + 1 - len(Sb)) if cnt["p"] >= len(Sb)
+                                 else None)
                     em.emit(core, Engine.MATRIX, w, [], op=Op.LDW,
                             src_addr=kbuf[slot] + nbytes(t * sa.rows, kvdt), k=kk, n=nk,
                             src_stride=(0, 0, nbytes(sw, kvdt), 0), dtype=_code(sa.weight_dtype),
@@ -1071,6 +1097,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                             dst_stride=(0, 0, rowS, 0), dtype=_code(in_dt), dtype2=_code(acc),
                             flags=0 if t == 0 else int(Flag.ACCUMULATE))
                 cnt["sc"] += 1
+                if pending:
+                    emit_pv(*pending)
+                    pending = None
                 first = ci == c_first
                 cur, prev = m[chunk_no % 2], m[(chunk_no + 1) % 2]
                 vw_ = [(sem["sc"], cnt["sc"])]
@@ -1095,24 +1124,20 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                     em.vop(core, VecOp.ADD, lsum, lsum, rows, 1, 4, 4, f32, src2=lc, src2_row=4)
                     em.vop(core, VecOp.MUL, accb, accb, rows, vw, rowA, rowA, f32, src2=al,
                            flags=Flag.BCAST_ROW, wait=[(sem["pv"], cnt["pv"])])
+                # P goes where chunk - 2's P.V has finished reading (two buffers; with one,
+                # the previous P.V came before this chunk's scores)
                 em.vop(core, VecOp.CONVERT, S, P, rows, nk, rowS, rowP, f32, in_dt,
+                       wait=[(sem["pv"], chunk_no - 1) if two and chunk_no >= 2 else None],
                        signal=[sem["p"]])
                 cnt["p"] += 1
-                # acc[rows x vw] (+)= P . V over value-width steps of the array columns
-                vsteps = ceil_div(vw, sa.cols)
-                for t in range(vsteps):
-                    nn = min(sa.cols, vw - t * sa.cols)
-                    em.emit(core, Engine.MATRIX, [(sem["p"], cnt["p"])] if t == 0 else [], [],
-                            op=Op.LDW, src_addr=vbuf[slot] + nbytes(t * sa.cols, kvdt), k=nk,
-                            n=nn, src_stride=(0, 0, nbytes(sw if job.shared_kv else vw, kvdt), 0),
-                            dtype=_code(sa.weight_dtype))
-                    em.emit(core, Engine.MATRIX, [], [sem["pv"]] if t == vsteps - 1 else [],
-                            op=Op.MM, src_addr=P, dst_addr=accb + nbytes(t * sa.cols, acc),
-                            m=rows, k=nk, n=nn, src_stride=(0, 0, rowP, 0),
-                            dst_stride=(0, 0, rowA, 0), dtype=_code(in_dt), dtype2=_code(acc),
-                            flags=0 if first else int(Flag.ACCUMULATE))
-                cnt["pv"] += 1
+                if two:
+                    pending = (slot, nk, first, P, cnt["p"])
+                else:
+                    emit_pv(slot, nk, first, P, cnt["p"])
                 chunk_no += 1
+            if pending:
+                emit_pv(*pending)
+                pending = None
             # the slot is free once the last score product has read it (or, without keys,
             # once it is scaled)
             q_free[qslot] = (sem["sc"], cnt["sc"]) if c_end > c_first else (sem["qs"],
