@@ -323,10 +323,12 @@ def test_ops_run_one_by_one_equal_the_whole_program_up_to_dram_state(name):
     semaphore only another op signals. The join: every instruction inside its op's window of
     cycles, windows back to back; everything but timing (MACs, vector elements, requests,
     bytes, flits on every link, DRAM reads and writes) equal to one run of the whole program;
-    cycles within 3% of it. Only the DRAM's open rows and refresh phase do not carry over: on
-    this one-channel DDR memory no op lasts a refresh interval (7.8 us), so the ops run whole
-    meet 2 refreshes (2 x 350 cycles) that the ops run alone do not (moe: 22,055 cycles against
-    22,546); on h100-like's 160 channels a decode layer differs by 0.05%."""
+    cycles within the refreshes the whole run meets and the ops alone do not, plus 1%. Only the
+    DRAM's open rows and refresh phase do not carry over: on this one-channel DDR memory no op
+    lasts a refresh interval (7.8 us), so the ops run whole meet 2 refreshes (2 x 350 cycles)
+    that the ops run alone do not (mla: 18,262 cycles against 18,893, 3.3%; it was within the
+    3% this test used to allow until the prefill attention got faster); on h100-like's 160
+    channels a decode layer differs by 0.05%."""
     from tilesim.isa.opcodes import NO_SEM
     spec, cfg = SPECS[name], tiny_chip("bf16")
     g = graph.model_graph(spec, "prefill", 2, 9)
@@ -354,7 +356,15 @@ def test_ops_run_one_by_one_equal_the_whole_program_up_to_dram_state(name):
         assert joined.t_end[idx].max() == start + s.cycles
         start += s.cycles
     assert joined.cycles == start and (joined.t_end >= joined.t_start).all()
-    assert abs(joined.cycles - whole.cycles) <= 0.03 * whole.cycles
+    # the difference is the refreshes the whole run meets and the ops alone do not (tRFC
+    # each: 280 clocks of 1.25 ns on this DDR3, 350 cycles at 1 GHz), and 1% besides
+    from tilesim.arch.dram import model as dram_model
+    mem = dram_model.build(cfg.memory)
+    t_rfc = mem.timings["nRFC"] * mem.tck_ns * cfg.clock_ghz
+    extra = whole.dram["counters"]["REF"] - joined.dram["counters"]["REF"]
+    assert extra >= 0
+    assert abs(joined.cycles - whole.cycles) <= extra * t_rfc + 0.01 * whole.cycles, (
+        joined.cycles, whole.cycles, extra)
     for f in ("macs", "vector_ops", "dma_requests", "dram_read_bytes", "dram_write_bytes",
               "noc_byte_hops", "noc_flit_hops"):
         assert getattr(joined, f) == getattr(whole, f), f
