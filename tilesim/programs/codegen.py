@@ -633,9 +633,8 @@ def emit_norm(em: Emitter, lay: Layout, x: Tensor, y: Tensor, rows: int, dim: in
     if weights is not None and beta and beta in weights:
         lay.values[beta] = np.asarray(weights[beta]).reshape(1, dim)
     rb, blocks = _row_plan(em, rows, dim * 4, 4)
-    runs = split(len(blocks), em.cores)
-    active = sum(1 for run in runs if len(run))
-    for core, run in enumerate(runs):
+    active = min(len(blocks), em.cores)           # split gives the first cores the blocks
+    for core, run in enumerate(split(len(blocks), em.cores)):
         if not len(run):
             continue
         xb = em.alloc(core, nbytes(rb * dim, act))
@@ -695,9 +694,9 @@ def _load_shared(em: Emitter, core: int, cores: int, vectors: list, cols: int, d
     n = min(size, cores - base)
     done = em.sem(f"g{base // size}.shared")
     if core == base:
+        mc = {"dst_core": base, "mc_count": n, "mc_stride": 1} if n > 1 else {}
         for src, dst in vectors:
-            em.load(core, 0, src, dst, 1, cols, 0, 0, dt, signal=[done],
-                    **({"dst_core": base, "mc_count": n, "mc_stride": 1} if n > 1 else {}))
+            em.load(core, 0, src, dst, 1, cols, 0, 0, dt, signal=[done], **mc)
     return done, len(vectors)
 
 
@@ -736,7 +735,7 @@ def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: i
         ld = [em.sem(f"c{core}.ld{k}") for k in range(n_sets)]
         st = [em.sem(f"c{core}.st{k}") for k in range(n_sets)]
         vd = em.sem(f"c{core}.vd")
-        nld = [0] * n_sets
+        n_in = 1 if fn == "gelu" else 2           # loads per block
         rowa, rowf = nbytes(cb, act), nbytes(cb, f32)
         for i, bi in enumerate(run):
             r0, nr, c0, nc = blocks[bi]
@@ -745,12 +744,10 @@ def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: i
             reuse = i >= n_sets                # the set held block i - n_sets
             em.load(core, 0, a.at(r0, c0), ab, nr, nc, a.row_bytes, rowa, act,
                     wait=[(vd, i - n_sets + 1) if reuse else None], signal=[ld[k]])
-            nld[k] += 1
-            if fn != "gelu":
+            if n_in == 2:
                 em.load(core, 0, b.at(r0, c0), bb, nr, nc, b.row_bytes, rowa, act,
                         signal=[ld[k]])
-                nld[k] += 1
-            w = [(ld[k], nld[k]), (st[k], i // n_sets) if reuse else None]
+            w = [(ld[k], (i // n_sets + 1) * n_in), (st[k], i // n_sets) if reuse else None]
             if fn == "add":
                 em.vop(core, VecOp.ADD, ab, yb, nr, nc, rowa, rowa, act, src2=bb, src2_row=rowa,
                        wait=w, signal=[vd])
@@ -886,7 +883,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     # at batch 256 left 16 dependent copies of 256 B per core before any attention began
     seq_block = 1 if job.queries > 1 else max(1, min(64, job.batch,
                                                      16384 // nbytes(max(sw, vw), act)))
-    fixed += nbytes(max(stage_rows, seq_block) * max(sw, vw), act) + 20 * ALIGN
+    stage = max(stage_rows, seq_block)          # rows of the append's stage buffer
+    fixed += nbytes(stage * max(sw, vw), act) + 20 * ALIGN
     r_max = (em.sram_size - fixed) // per_row
     if r_max < 1:
         raise InputError(f"{cfg.name}: attention {job.name} needs more than "
@@ -962,9 +960,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     scale = 1.0 / math.sqrt(job.qk_dim)
     for core, run in enumerate(split(len(units), em.cores)):
         if len(append_runs[core]):
-            _append_rows(em, core, [appends[i] for i in append_runs[core]], job,
-                         max(stage_rows, seq_block),
-                         act, appended)
+            _append_rows(em, core, [appends[i] for i in append_runs[core]], job, stage, act,
+                         appended)
         if not len(run):
             continue
         assert n_partial == 0 or len(run) == 1    # a split leaves one unit per core
@@ -998,8 +995,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
         pending = None      # with two buffers, the previous chunk's P.V: after these scores
 
-        def emit_pv(vslot, nk, first, P, p_need):
-            """acc[rows x vw] (+)= P . V over value-width steps of the array columns."""
+        def emit_pv(vslot, rows, nk, first, P, p_need):
+            """acc[rows x vw] (+)= P . V over value-width steps of the array columns, once the
+            p semaphore reaches ``p_need`` (P is in)."""
             vsteps = ceil_div(vw, sa.cols)
             for t in range(vsteps):
                 nn = min(sa.cols, vw - t * sa.cols)
@@ -1131,9 +1129,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                        signal=[sem["p"]])
                 cnt["p"] += 1
                 if two:
-                    pending = (slot, nk, first, P, cnt["p"])
+                    pending = (slot, rows, nk, first, P, cnt["p"])
                 else:
-                    emit_pv(slot, nk, first, P, cnt["p"])
+                    emit_pv(slot, rows, nk, first, P, cnt["p"])
                 chunk_no += 1
             if pending:
                 emit_pv(*pending)
@@ -1175,8 +1173,8 @@ def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
     row) of the new keys/values into the cache through one stage buffer of ``stage_rows``
     rows (sequences x rows); each store signals ``appended``. The stores are not the op's
     final ones: a chunk that reads the rows waits for all of them, and feeds one."""
-    stage = em.alloc(core, nbytes(stage_rows * max(pair[2] for _, _, _, pair, _ in blocks),
-                                  act))
+    stage_width = max(pair[2] for _, _, _, pair, _ in blocks)
+    stage = em.alloc(core, nbytes(stage_rows * stage_width, act))
     ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
     for n, (b, nb, h, (t_new, cache, width), a0) in enumerate(blocks):
         na = min(stage_rows // nb, job.queries - a0)
