@@ -20,7 +20,9 @@ rows (tFAW) become separate arrays. This module is plain Python; it never import
 from __future__ import annotations
 
 import ast
+import functools
 import math
+import threading
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -44,10 +46,23 @@ _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b}
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(expr: str) -> ast.Expression:
+    """``ast.parse`` of an expression, once per text and one thread at a time: on this
+    machine's CPython 3.11.7 two threads parsing at once (a threaded Dask sweep building two
+    configs) raised 'SystemError: AST constructor recursion depth mismatch'. The trees are only
+    read."""
+    with _PARSE_LOCK:
+        return ast.parse(expr, mode="eval")
+
+
 def eval_expr(expr: str, names: Mapping[str, int]) -> int:
     """Evaluate a latency expression with only ``names`` in scope; ValueError says why not."""
     try:
-        tree = ast.parse(expr, mode="eval")
+        tree = _parse(expr)
     except SyntaxError:
         raise ValueError(f"{expr!r} is not an expression") from None
 
@@ -77,7 +92,7 @@ def eval_expr(expr: str, names: Mapping[str, int]) -> int:
 
 def expr_names(expr: str) -> set[str]:
     """Timing names an expression refers to."""
-    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)
+    return {n.id for n in ast.walk(_parse(expr)) if isinstance(n, ast.Name)
             and n.id not in ("max", "min")}
 
 
