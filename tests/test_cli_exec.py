@@ -78,6 +78,7 @@ def test_text_report_names_every_part(capsys, direct):
     for word in ("DMA requests load", "% of 12.8 GB/s peak", "flit-hops", "int8 1024",
                  "energy", "dram", "static"):
         assert word in out, word
+    assert "static     not modelled" in out          # its table cites no static power
 
 
 def test_timeline_png_is_written_atomically(capsys, tmp_path, direct):

@@ -135,6 +135,9 @@ class Result:
             "energy_pj": total_e,
             "energy_pj_per_token": total_e / self.tokens,
             "energy_pj_by_component": e,
+            # chip-wide static power the energy table gives (W); 0 means static is not modelled
+            "static_power_w": (self.parts[0].stats.energy_table.get("static_mw_per_core", 0.0)
+                               * cores / 1e3) if self.parts else 0.0,
             "simulated_programs": [{"label": p.label, "times": p.times, "cycles": p.stats.cycles,
                                     "instructions": p.stats.instructions} for p in self.parts],
             "wall_seconds": self.wall_s,

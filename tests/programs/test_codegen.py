@@ -265,6 +265,36 @@ def test_physics_and_weight_traffic():
     assert again["cycles"] == pre["cycles"] and again["energy_pj"] == pre["energy_pj"]
 
 
+def test_static_energy_is_power_times_time_and_says_when_it_is_not_modelled():
+    """The presets' energy tables cite no static power, so the summary must not print 'static
+    0%' as if it had measured it: it says 'static not modelled'. With a static power set
+    (energy.overrides.static_mw_per_core), static energy is that power x cores x the step's
+    seconds, and the line gives its share."""
+    from tilesim.cli.compare import static_not_modelled
+    from tilesim.cli.run import format_summary
+    spec = SPECS["gqa"]
+    cfg = tiny_chip("bf16")
+    res = simulate(cfg, spec, "decode", 1, 20, progress=False)
+    s = res.summary()
+    assert s["static_power_w"] == 0.0 and s["energy_pj_by_component"]["static"] == 0.0
+    line = next(ln for ln in format_summary(s, res.op_table(), 3).splitlines()
+                if ln.lstrip().startswith("energy"))
+    assert "static not modelled" in line and "static 0%" not in line
+    d = config.to_dict(cfg)
+    d["energy"]["overrides"] = {"static_mw_per_core": 500.0}
+    hot = simulate(config.from_dict(d), spec, "decode", 1, 20, progress=False)
+    h = hot.summary()
+    assert h["cycles"] == s["cycles"]                        # energy does not change timing
+    assert h["static_power_w"] == 0.5 * cfg.cores.count
+    want = 0.5 * cfg.cores.count * h["seconds"] * 1e12       # W x s -> pJ
+    assert h["energy_pj_by_component"]["static"] == pytest.approx(want, rel=1e-9)
+    assert not static_not_modelled(h)
+    pct = 100 * want / h["energy_pj"]
+    line = next(ln for ln in format_summary(h, hot.op_table(), 3).splitlines()
+                if ln.lstrip().startswith("energy"))
+    assert f"static {pct:.0f}%" in line and pct >= 1
+
+
 @pytest.mark.slow
 def test_default_decode_uses_most_of_the_dram_bandwidth():
     """The default run (llama-3-8b decode, batch 1, context 1024, h100-like-hbm3) reaches at

@@ -165,6 +165,15 @@ def fmt_time(s) -> str:
     return f"{s / 1e-9:.4g} ns"
 
 
+def static_not_modelled(s: dict) -> str:
+    """What to print instead of 'static 0%' when the chip's energy table has no static power
+    (the presets' tables cite none: tilesim/arch/energy.py); '' when it has."""
+    if (s.get("static_power_w") == 0.0
+            and not (s.get("energy_pj_by_component") or {}).get("static")):
+        return "static not modelled"
+    return ""
+
+
 def fmt_energy(pj) -> str:
     if pj is None:
         return "-"
@@ -218,6 +227,8 @@ def _rows_for(results: list[dict], phase: str) -> list[tuple[str, callable, call
             v, tot = value(r), _num(r.get("energy_pj_per_token"))
             if v is None:
                 return "-"
+            if k == "static" and static_not_modelled(r):
+                return "not modelled"
             return fmt_energy(v) + (f" ({100 * v / tot:.0f}%)" if tot else "")
         rows.append((f"  {k}", value, text))
     return rows

@@ -240,6 +240,9 @@ def print_summary(s: dict) -> None:
               + " elements")
     print(f"  energy       {_pj(s['energy_total_pj'])}")
     for k, v in s["energy_pj"].items():
+        if k == "static" and not v and not s["energy_table"].get("static_mw_per_core"):
+            print(f"    {k:<10} not modelled (no static_mw_per_core in the energy table)")
+            continue
         print(f"    {k:<10} {_pj(v):>12}  {s['energy_percent'][k]:5.1f} %")
 
 

@@ -87,10 +87,12 @@ def format_summary(s: dict, ops: list, top: int) -> str:
                  f"{s['dram_pct_of_peak']:.1f}% of {s['peak_dram_gbps']:.1f} GB/s peak")
     util = "  ".join(f"{k} {v:.1f}%" for k, v in s["engine_utilisation_pct"].items())
     lines.append(f"  busy (all cores)  {util};  MAC utilisation {s['mac_utilisation_pct']:.1f}%")
+    from tilesim.cli.compare import fmt_energy, static_not_modelled
     e = s["energy_pj_by_component"]
     total = sum(e.values()) or 1.0
-    split = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in e.items())
-    from tilesim.cli.compare import fmt_energy
+    unmodelled = static_not_modelled(s)
+    split = "  ".join(unmodelled if k == "static" and unmodelled
+                      else f"{k} {100 * v / total:.0f}%" for k, v in e.items())
     lines.append(f"  energy            {fmt_energy(s['energy_pj_per_token'])} per token  "
                  f"({split})")
     lines.append(f"  top ops by time (of {len(ops)}):")
@@ -141,8 +143,11 @@ def write_outputs(res, summary: dict, ops: list, out: str) -> None:
     fig.savefig(os.path.join(out, "roofline.png"), dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    from tilesim.cli.compare import static_not_modelled
     e = summary["energy_pj_by_component"]
-    ax.bar(list(e), [v / res.tokens / 1e6 for v in e.values()])
+    unmodelled = static_not_modelled(summary)
+    ax.bar([unmodelled.replace(" ", "\n", 1) if k == "static" and unmodelled else k for k in e],
+           [v / res.tokens / 1e6 for v in e.values()])
     ax.set_ylabel("uJ per token")
     ax.set_title("energy by component")
     fig.tight_layout()
