@@ -253,8 +253,9 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
         bar.close()
     for i, (label, nds, times) in enumerate(plan):
         comp, stats = done[i]
-        res.parts.append(Part(label, times, stats, comp.program, comp.ops, comp.tags,
-                              {nd["name"]: nd["kind"] for nd in nds}))
+        kinds = {nd["name"]: nd["kind"] for nd in nds}
+        kinds.update({op: kinds[names[0]] for op, names in comp.fused.items()})
+        res.parts.append(Part(label, times, stats, comp.program, comp.ops, comp.tags, kinds))
     res.wall_s = time.perf_counter() - t0
     return res
 
