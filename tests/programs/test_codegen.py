@@ -41,6 +41,19 @@ def _compiled_logits(spec, w, cfg, phase, batch, context, tokens, kv_cache=None)
     return stats.memory.read("logits"), stats
 
 
+def _decode_after_prompt(spec, w, cfg, batch, prompt, seed):
+    """A random prompt through the numpy reference, then one decode step compiled for ``cfg``
+    with its KV cache: (compiled program, reference logits)."""
+    rng = np.random.default_rng(seed)
+    _, cache = forward_prefill(spec, w, rng.integers(0, spec.vocab_size, (batch, prompt)))
+    new = rng.integers(0, spec.vocab_size, batch)
+    ref, _ = forward_decode(spec, w, cache, new, prompt)
+    g = graph.model_graph(spec, "decode", batch, prompt)
+    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
+                                 prompt, tokens=new, weights=w, kv_cache=cache)
+    return comp, ref
+
+
 @pytest.fixture(scope="module")
 def tiny():
     spec = tiny_spec()
@@ -77,14 +90,8 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     biases on q, k, v (which the fused op does not add) they stay three ops."""
     import dataclasses
     spec, w, cfg = tiny
-    rng = np.random.default_rng(8)
     batch, prompt = 2, 6
-    _, cache = forward_prefill(spec, w, rng.integers(0, spec.vocab_size, (batch, prompt)))
-    new = rng.integers(0, spec.vocab_size, batch)
-    ref, _ = forward_decode(spec, w, cache, new, prompt)
-    g = graph.model_graph(spec, "decode", batch, prompt)
-    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
-                                 prompt, tokens=new, weights=w, kv_cache=cache)
+    comp, ref = _decode_after_prompt(spec, w, cfg, batch, prompt, 8)
     layer0 = [op for op in comp.ops if op.startswith("layer0.")]
     assert layer0[1:3] == ["layer0.qkv", "layer0.rope"] and "layer0.gate_up" in layer0
     assert not {"layer0.q", "layer0.k", "layer0.v", "layer0.gate", "layer0.up"} & set(layer0)
@@ -113,14 +120,8 @@ def test_split_k_decode_attention_equals_numpy(kv_heads, batch):
     spec = dataclasses.replace(tiny_spec(), n_kv_heads=kv_heads)
     w = random_weights(spec, 2)
     cfg = _four_core_fp32()
-    rng = np.random.default_rng(4)
     prompt = 40
-    _, cache = forward_prefill(spec, w, rng.integers(0, spec.vocab_size, (batch, prompt)))
-    new = rng.integers(0, spec.vocab_size, batch)
-    ref, _ = forward_decode(spec, w, cache, new, prompt)
-    g = graph.model_graph(spec, "decode", batch, prompt)
-    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
-                                 prompt, tokens=new, weights=w, kv_cache=cache)
+    comp, ref = _decode_after_prompt(spec, w, cfg, batch, prompt, 4)
     runs = min(cfg.cores.count // (batch * kv_heads), 6 // 2)
     parts = [t for t in comp.layout.tensors.values() if t.name.endswith("part_acc")]
     assert len(parts) == spec.n_layers                  # one scratch per attention op
@@ -149,14 +150,8 @@ def test_split_k_merge_streams_partials_through_the_key_value_slots(monkeypatch)
     cfg = config.from_dict(d)
     spec = dataclasses.replace(tiny_spec(), n_heads=32, n_kv_heads=1, head_dim=8)
     w = random_weights(spec, 5)
-    rng = np.random.default_rng(6)
     prompt = 40
-    _, cache = forward_prefill(spec, w, rng.integers(0, spec.vocab_size, (1, prompt)))
-    new = rng.integers(0, spec.vocab_size, 1)
-    ref, _ = forward_decode(spec, w, cache, new, prompt)
-    g = graph.model_graph(spec, "decode", 1, prompt)
-    comp = codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], cfg, "decode", 1,
-                                 prompt, tokens=new, weights=w, kv_cache=cache)
+    comp, ref = _decode_after_prompt(spec, w, cfg, 1, prompt, 6)
     units, cores = _attention_units(comp)
     assert units == 3 and len(cores) == 3                  # one unit, split into 3 runs
     assert sum(s.endswith(".merged") for s in comp.program.semaphores) == spec.n_layers
@@ -641,6 +636,24 @@ def test_multicast_matmul_grid_equals_numpy_and_reads_each_block_once_per_group(
     assert (stats.dma_requests["multicast"] > 0) == (gm * gn > 1)
 
 
+def test_large_tensors_start_on_2_mib_whatever_the_small_ones_before_them():
+    """A tensor of 2 MiB or more starts on a multiple of 2 MiB, so growing a small tensor
+    allocated before it (a few more mask tiles) does not move it to other DRAM channels and
+    banks; small tensors stay 4 KiB aligned and packed, and no two tensors overlap."""
+    from tilesim.programs.codegen import LARGE_TENSOR
+    for small in (1, 5000, 300_000):
+        lay = codegen.Layout()
+        a = lay.tensor("a", 1, small, "bf16")
+        w = lay.tensor("w", 4096, 1024, "bf16")          # 8 MiB
+        b = lay.tensor("b", 3, 100, "fp32")
+        assert a.addr == 0 and w.addr == LARGE_TENSOR     # a < 2 MiB whatever its size
+        assert b.addr == w.addr + 8 * 2**20 + 4096        # packed after w (4 KiB aligned)
+        assert lay.tensor("w", 4096, 1024, "bf16") is w    # asked again: the same tensor
+    lay = codegen.Layout()
+    big = [lay.tensor(f"t{i}", 1, n, "int8") for i, n in enumerate((3 << 20, 100, 2 << 20))]
+    assert [t.addr for t in big] == [0, (3 << 20) + 4096, 4 << 20]
+
+
 @pytest.mark.parametrize("only", [{"gm": 2, "gn": 2, "mb": 8, "w": 8, "kl": 16},
                                   {"gm": 1, "gn": 1, "mb": 8, "w": 8}])
 def test_a_fused_matmul_writes_each_column_range_to_its_own_tensor(only):
@@ -787,11 +800,11 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     bytes per bf16 weight; 295 here), then linear with a slope of MACs per token / P (435
     cycles). The simulator must show the shape: flat (batch 16 within 15% of batch 1), then
     linear (doubling 512 -> 1024 costs at least 1.6x), never below the roofline; past batch
-    512 an extra sequence costs 1,093 cycles, 2.5x the roofline's slope (asserted: at most
+    512 an extra sequence costs 1,128 cycles, 2.6x the roofline's slope (asserted: at most
     3x), and the knee (where the flat level meets the line through the two largest batches)
-    lands at 68, b*/4.3 (asserted: within [b*/8, 2 b*]). Measured steps (K cycles): batch 1
-    216, 16 225, 64 256, 256 445, 512 701, 1024 1,260 (before q, k, v and gate, up were fused:
-    242, 254, 280, 480, 744, 1,297, a knee at 46).
+    lands at 83, b*/3.6 (asserted: within [b*/8, 2 b*]). Measured steps (K cycles): batch 1
+    212, 16 222, 64 267, 256 429, 512 697, 1024 1,274 (before q, k, v and gate, up were fused
+    and large tensors 2 MiB-aligned: 242, 254, 280, 480, 744, 1,297, a knee at 46).
 
     So the issue's "knee near ops:byte" is not met, for measured reasons (issue-6 notes). At
     batch 1024 the matmuls take 1.6-1.9x their own DRAM roofline: with two buffer slots per

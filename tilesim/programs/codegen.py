@@ -89,9 +89,18 @@ class Tensor:
         return self.addr + r * self.row_bytes + nbytes(c, self.dtype)
 
 
+LARGE_TENSOR = 2 << 20
+"""Tensors of at least this many bytes start on a multiple of it (PyTorch's CUDA caching
+allocator rounds large blocks to 2 MiB). A large tensor's DRAM channels and banks then do not
+move when a small tensor before it grows: a 12 KiB shift of every tensor (the attention's mask
+tiles) changed the llama-3-8b prefill-2048 down projection by 4.7% with the same code, and
+shifts of 0-12 KiB move its prefill-512 one by up to 6% (228.9-242.4 K cycles)."""
+
+
 class Layout:
     """The DRAM image of a step: weights, KV caches, activations and constants (bump
-    allocation, 4 KiB aligned). ``values`` holds arrays to write before a functional run."""
+    allocation, 4 KiB aligned, :data:`LARGE_TENSOR` aligned from that size). ``values`` holds
+    arrays to write before a functional run."""
 
     def __init__(self):
         self.top = 0
@@ -101,8 +110,11 @@ class Layout:
     def tensor(self, name: str, rows: int, cols: int, dtype: str) -> Tensor:
         t = self.tensors.get(name)
         if t is None:
+            size = rows * nbytes(cols, dtype)
+            if size >= LARGE_TENSOR:
+                self.top = align(self.top, LARGE_TENSOR)
             t = Tensor(name, self.top, rows, cols, dtype)
-            self.top = align(self.top + rows * t.row_bytes + 64, 4096)
+            self.top = align(self.top + size + 64, 4096)
             self.tensors[name] = t
         return t
 
