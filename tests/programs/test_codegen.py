@@ -86,8 +86,9 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     """q, k, v (and gate, up) read the same normed input, so they compile to one matmul each
     (codegen.FUSED): the layer's ops are qkv and gate_up, the fused weight's columns land in
     the q, k, v (gate, up) tensors the later ops read, so the decode logits still equal the
-    numpy reference and every model MAC runs once; the op table reports them as matmuls. With
-    biases on q, k, v (which the fused op does not add) they stay three ops."""
+    numpy reference and every model MAC runs once; the op table reports them as matmuls. MLA's
+    q_a and kv_a fuse too, though q_a_norm and q_b sit between them. With biases on q, k, v
+    (which the fused op does not add) they stay three ops."""
     import dataclasses
     spec, w, cfg = tiny
     batch, prompt = 2, 6
@@ -102,6 +103,27 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     kinds = {r["op"]: r["kind"] for r in
              simulate(cfg, spec, "decode", batch, prompt, progress=False).op_table()}
     assert kinds["layer*.qkv"] == kinds["layer*.gate_up"] == "matmul"
+    # MLA (no numpy reference): q_a and kv_a, apart in the graph (q_a_norm and q_b between),
+    # run as one op whose stores fill exactly the qa and kva tensors the later ops read
+    from tilesim.arch import dma
+    from tilesim.arch.chip import _BITS
+    mla = SPECS["mla"]
+    g = graph.model_graph(mla, "decode", batch, prompt)
+    comp = codegen.compile_nodes(mla, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
+                                 prompt)
+    assert comp.fused["layer0.qkv_a"] == ["layer0.q_a", "layer0.kv_a"]
+    assert comp.ops.index("layer0.qkv_a") < comp.ops.index("layer0.q_a_norm")
+    ins = comp.program.instrs
+    st = (comp.tags == comp.ops.index("layer0.qkv_a")) & (ins["op"] == Op.STORE)
+    moved = dma.descriptor_bytes(ins[st], _BITS)
+    stored = {}
+    for a, nb in zip(ins["dst_addr"][st], moved):
+        owner = [t for t in comp.layout.tensors.values()
+                 if t.addr <= a < t.addr + t.rows * t.row_bytes]
+        stored[owner[0].name] = stored.get(owner[0].name, 0) + int(nb)
+    want = {n: comp.layout.tensors[n].rows * comp.layout.tensors[n].row_bytes
+            for n in ("qa", "kva")}
+    assert stored == want
     biased = dataclasses.replace(spec, qkv_bias=True)
     g = graph.model_graph(biased, "decode", batch, prompt)
     ops = codegen.compile_nodes(biased, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,

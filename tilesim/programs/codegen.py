@@ -1349,26 +1349,40 @@ class Compiled:
     fused: dict = field(default_factory=dict)   # fused op name -> the graph nodes it runs
 
 
-FUSED = {"q": ("qkv", ("q", "k", "v")), "gate": ("gate_up", ("gate", "up"))}
-"""Projections that read the same input and are emitted as one matmul (the way serving stacks
-run them: vLLM's QKVParallelLinear and MergedColumnParallelLinear): the op's name and the nodes
-it takes, in order. One op instead of two or three saves each op's fill and drain (the first
-weights landing, the last tile's store) and fills more cores; batch-1 llama-3-8b decode on
-h100-like: q, k, v 26.2 + 10.0 + 10.0 K cycles alone, qkv 36.7 K; gate and up 80.9 K each,
-gate_up 157.2 K."""
+FUSED = {"q": ("qkv", ("q", "k", "v")), "gate": ("gate_up", ("gate", "up")),
+         "q_a": ("qkv_a", ("q_a", "kv_a"))}
+"""Projections that read the same input (the normed hidden state) and are emitted as one
+matmul, the way serving stacks run them (vLLM's QKVParallelLinear and
+MergedColumnParallelLinear; SGLang fuses MLA's q_a and kv_a): the op's name and the nodes it
+takes, in order. One op instead of two or three saves each op's fill and drain (the first
+weights landing, the last tile's store) and fills more cores; batch-1 decode on h100-like:
+llama-3-8b q, k, v 26.2 + 10.0 + 10.0 K cycles alone, qkv 36.7 K; gate and up 80.9 K each,
+gate_up 157.2 K; deepseek-v3 q_a and kv_a 20.8 + 14.6 K, qkv_a 26.7 K."""
+
+_OUTPUT = {"q_a": "qa", "kv_a": "kva"}
+"""compile_nodes' output tensor of a projection, where it is not the node's short name."""
 
 
 def _fusion(nodes: list, i: int, cfg: ChipConfig, act: str, wdt: str, only) -> tuple:
     """(fused op name, its nodes) when ``nodes[i]`` starts a fused projection (:data:`FUSED`),
-    else ("", []): the parts must follow each other, be plain matmuls of one input shape
-    without bias, and the fused plan's n-tiles must not straddle two parts."""
+    else ("", []): the parts must come in order in ``nodes`` with nothing between them that
+    rewrites their input (a norm into the hidden state; MLA's q_a_norm and q_b write other
+    tensors), be plain matmuls of one input shape without bias, and the fused plan's n-tiles
+    must not straddle two parts."""
     node = nodes[i]
     prefix, _, short = node["name"].rpartition(".")
     if node["kind"] != "matmul" or short not in FUSED:
         return "", []
     fused, want = FUSED[short]
-    parts = nodes[i:i + len(want)]
-    if ([nd["name"] for nd in parts] != [f"{prefix}.{sh}" for sh in want]
+    names = [f"{prefix}.{sh}" for sh in want]
+    at = {nd["name"]: j for j, nd in enumerate(nodes) if j >= i}
+    if any(nm not in at for nm in names):
+        return "", []
+    parts = [nodes[at[nm]] for nm in names]
+    between = [nd for nd in nodes[i:at[names[-1]]] if nd["name"] not in names]
+    if (any(at[a] > at[b] for a, b in zip(names, names[1:]))
+            or any(nd["kind"] == "norm" and nd["name"].rpartition(".")[2] not in
+                   ("q_a_norm", "kv_a_norm") for nd in between)
             or any(nd["kind"] != "matmul" or nd.get("bias", 0) or nd.get("count", 1) != 1
                    or (nd["m"], nd["k"]) != (node["m"], node["k"]) for nd in parts)):
         return "", []
@@ -1420,10 +1434,9 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
     x = t("x", T, d)
     hbuf = t("h", T, d)
     fused: dict = {}
-    skip = 0
+    ran = set()                          # nodes a fused op has run already
     for i, node in enumerate(nodes):
-        if skip:
-            skip -= 1
+        if node["name"] in ran:
             continue
         kind, nm, L = node["kind"], node["name"], node["layer"]
         name, parts = _fusion(nodes, i, cfg, act, wdt, matmul_only)
@@ -1436,11 +1449,12 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
                                                 for nd in parts], axis=1)
             ys, c0 = [], 0
             for nd in parts:
-                ys.append((c0, t(nd["name"].rpartition(".")[2], T, nd["n"])))
+                short = nd["name"].rpartition(".")[2]
+                ys.append((c0, t(_OUTPUT.get(short, short), T, nd["n"])))
                 c0 += nd["n"]
             emit_matmul(em, lay, MatmulJob(name, node["m"], node["k"], c0, 1, hbuf, ys[0][1],
                                            name, y_parts=ys), wdt, act, weights)
-            skip = len(parts) - 1
+            ran.update(fused[name])
             continue
         em.begin(nm)
         wname = node.get("weight")
