@@ -165,13 +165,10 @@ def fmt_time(s) -> str:
     return f"{s / 1e-9:.4g} ns"
 
 
-def static_not_modelled(s: dict) -> str:
-    """What to print instead of 'static 0%' when the chip's energy table has no static power
-    (the presets' tables cite none: tilesim/arch/energy.py); '' when it has."""
-    if (s.get("static_power_w") == 0.0
-            and not (s.get("energy_pj_by_component") or {}).get("static")):
-        return "static not modelled"
-    return ""
+def static_not_modelled(s: dict) -> bool:
+    """A run summary whose chip's energy table has no static power (the presets' tables cite
+    none: tilesim/arch/energy.py): print 'not modelled', not 'static 0%'."""
+    return s.get("static_power_w") == 0.0
 
 
 def fmt_energy(pj) -> str:

@@ -90,8 +90,7 @@ def format_summary(s: dict, ops: list, top: int) -> str:
     from tilesim.cli.compare import fmt_energy, static_not_modelled
     e = s["energy_pj_by_component"]
     total = sum(e.values()) or 1.0
-    unmodelled = static_not_modelled(s)
-    split = "  ".join(unmodelled if k == "static" and unmodelled
+    split = "  ".join("static not modelled" if k == "static" and static_not_modelled(s)
                       else f"{k} {100 * v / total:.0f}%" for k, v in e.items())
     lines.append(f"  energy            {fmt_energy(s['energy_pj_per_token'])} per token  "
                  f"({split})")
@@ -145,8 +144,8 @@ def write_outputs(res, summary: dict, ops: list, out: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     from tilesim.cli.compare import static_not_modelled
     e = summary["energy_pj_by_component"]
-    unmodelled = static_not_modelled(summary)
-    ax.bar([unmodelled.replace(" ", "\n", 1) if k == "static" and unmodelled else k for k in e],
+    ax.bar(["static\nnot modelled" if k == "static" and static_not_modelled(summary) else k
+            for k in e],
            [v / res.tokens / 1e6 for v in e.values()])
     ax.set_ylabel("uJ per token")
     ax.set_title("energy by component")

@@ -314,12 +314,13 @@ def weight_strips(w: np.ndarray, width: int) -> np.ndarray:
 
 
 def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
-                weights: dict | None) -> None:
+                weights: dict | None, plan=None) -> None:
+    """The tile program of ``job`` by ``plan`` (default: :func:`plan_matmul`'s best)."""
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
-    plan = plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt, act_dt=act,
-                       only=em.matmul_only)
+    plan = plan or plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt,
+                               act_dt=act, only=em.matmul_only)
     m, k, n = job.m, job.k, job.n
     w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
@@ -1363,35 +1364,33 @@ _OUTPUT = {"q_a": "qa", "kv_a": "kva"}
 """compile_nodes' output tensor of a projection, where it is not the node's short name."""
 
 
-def _fusion(nodes: list, i: int, cfg: ChipConfig, act: str, wdt: str, only) -> tuple:
-    """(fused op name, its nodes) when ``nodes[i]`` starts a fused projection (:data:`FUSED`),
-    else ("", []): the parts must come in order in ``nodes`` with nothing between them that
-    rewrites their input (a norm into the hidden state; MLA's q_a_norm and q_b write other
-    tensors), be plain matmuls of one input shape without bias, and the fused plan's n-tiles
-    must not straddle two parts."""
+def _fusion(nodes: list, i: int, index: dict, cfg: ChipConfig, act: str, wdt: str,
+            only) -> tuple:
+    """(fused op name, its nodes, the fused matmul's plan) when ``nodes[i]`` starts a fused
+    projection (:data:`FUSED`), else None: the parts must come in order in ``nodes`` (``index``:
+    name -> position) with nothing between them that rewrites their input (a norm into the
+    hidden state; MLA's q_a_norm and q_b write other tensors), be plain matmuls of one input
+    shape without bias, and the fused plan's n-tiles must not straddle two parts."""
     node = nodes[i]
     prefix, _, short = node["name"].rpartition(".")
     if node["kind"] != "matmul" or short not in FUSED:
-        return "", []
+        return None
     fused, want = FUSED[short]
-    names = [f"{prefix}.{sh}" for sh in want]
-    at = {nd["name"]: j for j, nd in enumerate(nodes) if j >= i}
-    if any(nm not in at for nm in names):
-        return "", []
-    parts = [nodes[at[nm]] for nm in names]
-    between = [nd for nd in nodes[i:at[names[-1]]] if nd["name"] not in names]
-    if (any(at[a] > at[b] for a, b in zip(names, names[1:]))
-            or any(nd["kind"] == "norm" and nd["name"].rpartition(".")[2] not in
-                   ("q_a_norm", "kv_a_norm") for nd in between)
+    at = [index.get(f"{prefix}.{sh}", -1) for sh in want]
+    if at != sorted(at) or at[0] != i:
+        return None
+    parts = [nodes[j] for j in at]
+    if (any(nd["kind"] == "norm" and nd["name"].rpartition(".")[2] not in
+            ("q_a_norm", "kv_a_norm") for nd in nodes[i:at[-1]])
             or any(nd["kind"] != "matmul" or nd.get("bias", 0) or nd.get("count", 1) != 1
                    or (nd["m"], nd["k"]) != (node["m"], node["k"]) for nd in parts)):
-        return "", []
+        return None
     sa = cfg.cores.systolic
     plan = plan_matmul(node["m"], node["k"], sum(nd["n"] for nd in parts), 1, cfg,
                        in_dt=sa.input_dtype, w_dt=wdt, act_dt=act, only=only)
     if any(nd["n"] % plan.w for nd in parts[:-1]):
-        return "", []
-    return f"{prefix}.{fused}", parts
+        return None
+    return f"{prefix}.{fused}", parts, plan
 
 
 def _positions(phase: str, batch: int, context: int) -> np.ndarray:
@@ -1435,16 +1434,19 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
     hbuf = t("h", T, d)
     fused: dict = {}
     ran = set()                          # nodes a fused op has run already
+    index = {nd["name"]: j for j, nd in enumerate(nodes)}
+    if weights is not None:
+        weights = dict(weights)          # fused weights join the caller's, not in its dict
     for i, node in enumerate(nodes):
         if node["name"] in ran:
             continue
         kind, nm, L = node["kind"], node["name"], node["layer"]
-        name, parts = _fusion(nodes, i, cfg, act, wdt, matmul_only)
-        if parts:
+        fusion = _fusion(nodes, i, index, cfg, act, wdt, matmul_only)
+        if fusion:
+            name, parts, plan = fusion
             fused[name] = [nd["name"] for nd in parts]
             em.begin(name)
-            if weights is not None and name not in weights:
-                weights = dict(weights)
+            if weights is not None:
                 weights[name] = np.concatenate([np.asarray(weights[nd["weight"]])
                                                 for nd in parts], axis=1)
             ys, c0 = [], 0
@@ -1453,7 +1455,7 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
                 ys.append((c0, t(_OUTPUT.get(short, short), T, nd["n"])))
                 c0 += nd["n"]
             emit_matmul(em, lay, MatmulJob(name, node["m"], node["k"], c0, 1, hbuf, ys[0][1],
-                                           name, y_parts=ys), wdt, act, weights)
+                                           name, y_parts=ys), wdt, act, weights, plan)
             ran.update(fused[name])
             continue
         em.begin(nm)
