@@ -1,4 +1,5 @@
-"""An independent numpy reference forward pass of a small dense transformer, in float64.
+"""An independent numpy reference forward pass of a small dense transformer, in float64, with
+GQA/MQA/MHA or DeepSeek's multi-head latent attention (MLA).
 
 A test helper, not part of tilesim: the functional test of the compiler runs a tiny random-weight
 model on a simulated chip and compares its logits with :func:`forward_prefill` and
@@ -22,9 +23,20 @@ Conventions the compiler shares:
   (head h is columns ``h*hd : (h+1)*hd``), concatenated in head order before ``o``.
 - FFN: ``down(silu(x @ gate) * (x @ up))``; pre-norm residual blocks; final norm; LM head.
 - The KV cache is a list over layers of ``(K, V)``, each ``[B, KV, S, hd]``, K after RoPE.
+- MLA (``kv_lora_rank`` r > 0; nope, rope, v the per-head widths, ``q_lora_rank`` ql), computed
+  the plain way, *not* weight-absorbed as the compiler runs it: ``q = rms(h @ q_a, q_a_norm)
+  @ q_b`` ([ql, H*(nope+rope)], head h's columns ``[nope | rope]``), RoPE on each head's rope
+  part; ``kv_a`` [d, r+rope] gives the latent ``c = rms(kv[:, :r], kv_a_norm)`` and the one
+  rope key ``kv[:, r:]`` after RoPE, shared by every head; head h's keys are ``[c @
+  k_up[h].T | rope key]`` and its values ``c @ v_up[h]`` (``k_up`` [H, nope, r], ``v_up``
+  [H, r, v], the two halves of DeepSeek's ``kv_b``); scores scale by ``1/sqrt(nope+rope)``;
+  ``o`` is [H*v, d]. Its cache per layer is ``(latent, None)``, latent ``[B, 1, S, r+rope]``
+  (c, then the rope key after RoPE).
 
 Prefill computes each query position against its causal prefix of keys (no masked-out products
-are computed), so :class:`MacCounter` counts exactly the multiply-accumulates performed.
+are computed), so :class:`MacCounter` counts exactly the multiply-accumulates performed (for
+MLA, those of the plain form, which expands every cached key and value per head: more than the
+absorbed form the model counts).
 """
 from __future__ import annotations
 
@@ -45,6 +57,15 @@ def tiny_spec() -> ModelSpec:
                      weight_dtype="fp32", act_dtype="fp32", kv_dtype="fp32")
 
 
+def tiny_mla_spec() -> ModelSpec:
+    """The tiny model with MLA in place of GQA: 4 heads of nope 8 + rope 4, values of 8, a
+    query rank of 16 and a latent of 16 (so a cached token is 20 elements a layer)."""
+    import dataclasses
+    return dataclasses.replace(tiny_spec(), name="tiny-mla", n_kv_heads=4, head_dim=12,
+                               q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+                               qk_rope_head_dim=4, v_head_dim=8)
+
+
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in a fixed order."""
     d, H, KV, hd, F, V = (spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim,
@@ -52,15 +73,26 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"embed": (V, d)}
     for i in range(spec.n_layers):
         p = f"layer{i}."
-        shapes.update({p + "attn_norm": (d,), p + "q": (d, H * hd), p + "k": (d, KV * hd),
-                       p + "v": (d, KV * hd), p + "o": (H * hd, d), p + "ffn_norm": (d,),
-                       p + "gate": (d, F), p + "up": (d, F), p + "down": (F, d)})
+        shapes[p + "attn_norm"] = (d,)
+        if spec.attention == "mla":
+            ql, r = spec.q_lora_rank, spec.kv_lora_rank
+            nope, rope, v = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+            shapes.update({p + "q_a": (d, ql), p + "q_a_norm": (ql,),
+                           p + "q_b": (ql, H * (nope + rope)), p + "kv_a": (d, r + rope),
+                           p + "kv_a_norm": (r,), p + "k_up": (H, nope, r),
+                           p + "v_up": (H, r, v), p + "o": (H * v, d)})
+        else:
+            shapes.update({p + "q": (d, H * hd), p + "k": (d, KV * hd), p + "v": (d, KV * hd),
+                           p + "o": (H * hd, d)})
+        shapes.update({p + "ffn_norm": (d,), p + "gate": (d, F), p + "up": (d, F),
+                       p + "down": (F, d)})
     shapes.update({"final_norm": (d,), "lm_head": (d, V)})
     return shapes
 
 
 def random_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
-    """Seeded float64 weights: matrices ~ N(0, 1/sqrt(fan_in)) (standard deviation), the
+    """Seeded float64 weights: matrices ~ N(0, 1/sqrt(fan_in)) (standard deviation; a stack
+    of per-head matrices [H, fan_in, fan_out] likewise), the
     embedding table ~ N(0, 1) (a lookup, not a product), norm scales ~ 1 + 0.1 N(0, 1)."""
     _check_supported(spec)
     rng = np.random.default_rng(seed)
@@ -71,7 +103,7 @@ def random_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
         elif name == "embed":
             w[name] = rng.standard_normal(shape)
         else:
-            w[name] = rng.standard_normal(shape) / np.sqrt(shape[0])
+            w[name] = rng.standard_normal(shape) / np.sqrt(shape[-2])
     return w
 
 
@@ -152,34 +184,15 @@ def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_toke
 
 def _forward(spec, w, x, cache, start, counter):
     """Run ``x[B, T, d]`` (positions start .. start+T-1) through the blocks after ``cache``
-    (per layer (K, V) of the ``start`` earlier positions, or None when start == 0)."""
-    B, T, _ = x.shape
-    H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    kv_of_head = np.arange(H) // (H // KV)
-    positions = np.arange(start, start + T)
+    (per layer the ``start`` earlier positions' cache, or None when start == 0)."""
+    positions = np.arange(start, start + x.shape[1])
+    attend = _mla if spec.attention == "mla" else _mha
     new_cache = []
     for i in range(spec.n_layers):
         p = f"layer{i}."
         h = rms_norm(x, w[p + "attn_norm"], spec.norm_eps)
-        q = counter.mm(h, w[p + "q"], "attn_proj", p + "q")
-        k = counter.mm(h, w[p + "k"], "attn_proj", p + "k")
-        v = counter.mm(h, w[p + "v"], "attn_proj", p + "v")
-        q = rope(q.reshape(B, T, H, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
-        k = rope(k.reshape(B, T, KV, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
-        v = v.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
-        if cache[i] is not None:
-            k = np.concatenate([cache[i][0], k], axis=2)
-            v = np.concatenate([cache[i][1], v], axis=2)
-        new_cache.append((k, v))
-        keys, values = k[:, kv_of_head], v[:, kv_of_head]            # [B, H, start+T, hd]
-        out = np.empty((B, H, T, hd))
-        for t in range(T):
-            seen = start + t + 1                                      # causal prefix
-            scores = counter.mm(q[:, :, t:t + 1, :], keys[:, :, :seen, :].transpose(0, 1, 3, 2),
-                                "attn_scores", p + "attention") / np.sqrt(hd)
-            out[:, :, t:t + 1, :] = counter.mm(softmax(scores), values[:, :, :seen, :],
-                                               "attn_values", p + "attention")
-        attn = out.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+        attn, layer_cache = attend(spec, w, p, h, cache[i], positions, counter)
+        new_cache.append(layer_cache)
         x = x + counter.mm(attn, w[p + "o"], "attn_proj", p + "o")
         h = rms_norm(x, w[p + "ffn_norm"], spec.norm_eps)
         gate = counter.mm(h, w[p + "gate"], "ffn_dense", p + "gate")
@@ -187,6 +200,74 @@ def _forward(spec, w, x, cache, start, counter):
         x = x + counter.mm(silu(gate) * up, w[p + "down"], "ffn_dense", p + "down")
     last = rms_norm(x[:, -1, :], w["final_norm"], spec.norm_eps)
     return counter.mm(last, w["lm_head"], "lm_head", "lm_head"), new_cache
+
+
+def _mha(spec, w, p, h, cache, positions, counter):
+    """MHA/GQA/MQA of the normed ``h[B, T, d]``: (heads' outputs [B, T, H*hd], (K, V))."""
+    B, T, _ = h.shape
+    H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    q = counter.mm(h, w[p + "q"], "attn_proj", p + "q")
+    k = counter.mm(h, w[p + "k"], "attn_proj", p + "k")
+    v = counter.mm(h, w[p + "v"], "attn_proj", p + "v")
+    q = rope(q.reshape(B, T, H, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
+    k = rope(k.reshape(B, T, KV, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
+    v = v.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+    if cache is not None:
+        k = np.concatenate([cache[0], k], axis=2)
+        v = np.concatenate([cache[1], v], axis=2)
+    kv_of_head = np.arange(H) // (H // KV)
+    out = _causal(q, q, k[:, kv_of_head], k[:, kv_of_head], v[:, kv_of_head], positions[0],
+                  hd, p, counter)
+    return out.transpose(0, 2, 1, 3).reshape(B, T, H * hd), (k, v)
+
+
+def _mla(spec, w, p, h, cache, positions, counter):
+    """MLA of the normed ``h[B, T, d]`` in its plain (not absorbed) form (module doc):
+    (heads' outputs [B, T, H*v], (latent, None))."""
+    B, T, _ = h.shape
+    H, r = spec.n_heads, spec.kv_lora_rank
+    nope, rp, vd = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    qa = rms_norm(counter.mm(h, w[p + "q_a"], "attn_proj", p + "q_a"), w[p + "q_a_norm"],
+                  spec.norm_eps)
+    q = counter.mm(qa, w[p + "q_b"], "attn_proj", p + "q_b")
+    q = q.reshape(B, T, H, nope + rp).transpose(0, 2, 1, 3)           # [B, H, T, nope+rope]
+    q_nope, q_pe = q[..., :nope], rope(q[..., nope:], positions, spec.rope_theta)
+    kv = counter.mm(h, w[p + "kv_a"], "attn_proj", p + "kv_a")         # [B, T, r+rope]
+    c = rms_norm(kv[..., :r], w[p + "kv_a_norm"], spec.norm_eps)
+    k_pe = rope(kv[:, None, :, r:], positions, spec.rope_theta)      # [B, 1, T, rope]
+    latent = np.concatenate([c[:, None], k_pe], axis=-1)              # [B, 1, T, r+rope]
+    if cache is not None:
+        latent = np.concatenate([cache[0], latent], axis=2)
+    c_all, pe_all = latent[:, 0, :, :r], latent[:, :, :, r:]          # [B, S, r], [B, 1, S, rope]
+    # every head's keys and values, expanded from the latent
+    k_nope = np.stack([counter.mm(c_all, w[p + "k_up"][j].T, "attn_up", p + "attention")
+                       for j in range(H)], axis=1)                     # [B, H, S, nope]
+    vals = np.stack([counter.mm(c_all, w[p + "v_up"][j], "attn_up", p + "attention")
+                     for j in range(H)], axis=1)                      # [B, H, S, v]
+    S = latent.shape[2]
+    out = _causal(q_nope, q_pe, k_nope, np.broadcast_to(pe_all, (B, H, S, rp)), vals,
+                  positions[0], nope + rp, p, counter)
+    return out.transpose(0, 2, 1, 3).reshape(B, T, H * vd), (latent, None)
+
+
+def _causal(qa, qb, ka, kb, v, start, qk_dim, p, counter):
+    """Causal attention of queries at positions start.. over every key up to their own:
+    scores ``(qa . ka + qb . kb) / sqrt(qk_dim)`` (MLA's rope part is the second term; GQA
+    passes the same q and k as both, which then count once), softmax, times ``v``. Shapes
+    [B, H, T or S, width]; returns [B, H, T, v width]."""
+    B, H, T, _ = qa.shape
+    out = np.empty((B, H, T, v.shape[-1]))
+    for t in range(T):
+        seen = start + t + 1                                          # causal prefix
+        scores = counter.mm(qa[:, :, t:t + 1, :], ka[:, :, :seen, :].transpose(0, 1, 3, 2),
+                            "attn_scores", p + "attention")
+        if qb is not qa:
+            scores = scores + counter.mm(qb[:, :, t:t + 1, :],
+                                         kb[:, :, :seen, :].transpose(0, 1, 3, 2),
+                                         "attn_scores", p + "attention")
+        out[:, :, t:t + 1, :] = counter.mm(softmax(scores / np.sqrt(qk_dim)), v[:, :, :seen, :],
+                                           "attn_values", p + "attention")
+    return out
 
 
 def _tokens(spec: ModelSpec, tokens, ndim: int) -> np.ndarray:
@@ -200,13 +281,16 @@ def _tokens(spec: ModelSpec, tokens, ndim: int) -> np.ndarray:
 
 
 def _check_supported(spec: ModelSpec) -> None:
-    """The reference covers dense, RMSNorm, SwiGLU, RoPE models without biases or windows."""
+    """The reference covers dense (not MoE), RMSNorm, SwiGLU, RoPE models without biases or
+    windows; MLA only with a query rank (DeepSeek-V3's form)."""
+    rot = spec.qk_rope_head_dim if spec.attention == "mla" else spec.head_dim
     unsupported = [name for name, bad in (
-        ("MLA", spec.attention == "mla"), ("MoE", spec.is_moe), ("gelu", spec.ffn_kind != "swiglu"),
+        ("MLA without q_lora_rank", spec.attention == "mla" and not spec.q_lora_rank),
+        ("MoE", spec.is_moe), ("gelu", spec.ffn_kind != "swiglu"),
         ("layer norm", spec.norm != "rms"), ("learned positions", spec.rope_theta == 0),
         ("biases", spec.qkv_bias or spec.attn_out_bias or spec.mlp_bias),
         ("sliding window", spec.sliding_window > 0), ("tied embeddings", spec.tie_embeddings),
-        ("odd head_dim", spec.head_dim % 2 == 1)) if bad]
+        ("an odd rotated width", rot % 2 == 1)) if bad]
     if unsupported:
         raise ValueError(f"reference forward does not model {', '.join(unsupported)} "
                          f"(model {spec.name!r})")

@@ -1,7 +1,7 @@
 """The compiler end to end: tiny models compiled for a small chip and run cycle by cycle.
 
 Functional: logits equal the independent numpy reference (reference_forward.py) for prefill and
-for a decode step. Accounting: MACs executed equal the model's analytic count for dense, GQA,
+for a decode step, with GQA and with MLA. Accounting: MACs executed equal the model's analytic count for dense, GQA,
 MoE and MLA models. Physics: no step beats the DRAM or MAC roof. Bad input: one line."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.programs.reference_forward import (forward_decode, forward_prefill, random_weights,
-                                              silu, tiny_spec)
+                                              silu, tiny_mla_spec, tiny_spec)
 from tilesim import config
 from tilesim.arch import chip
 from tilesim.cli import main
@@ -22,7 +22,7 @@ from tilesim.programs.models import ModelSpec
 from tilesim.step import simulate
 
 
-def tiny_chip(dtype="fp32", cores=2):
+def tiny_chip(dtype="fp32"):
     """teach-2core with 8x8 arrays in ``dtype`` and 256 KiB of SRAM per core."""
     d = config.to_dict(config.load("teach-2core"))
     d["cores"]["systolic"].update(input_dtype=dtype, weight_dtype=dtype, acc_dtype="fp32",
@@ -82,6 +82,41 @@ def test_functional_prefill_and_decode_equal_numpy(tiny):
     assert np.abs(other - got2).max() > 1e-2
 
 
+@pytest.mark.parametrize("chip_kind", ["2 cores", "4 cores, split-K", "8 KiB SRAM"])
+def test_functional_mla_prefill_and_decode_equal_numpy(chip_kind):
+    """MLA as the compiler runs it, weight-absorbed: q_a and kv_a as one matmul, the query's
+    nope part through k_up into the latent space, its rope part rotated into the columns
+    beside it, scores against the cached latent (the values are its first kv_lora columns),
+    the latent output through v_up. The numpy reference computes MLA the plain way (every
+    head's keys and values expanded from the latent), so equal logits check the absorption
+    too. On 4 cores a batch-1 decode cuts the one latent unit's keys over 3 cores (split-K);
+    with 8 KiB of SRAM prefill runs a query per unit. Decode executes exactly the model's
+    MACs; prefill at most the masked diagonal more."""
+    spec = tiny_mla_spec()
+    w = random_weights(spec, 0)
+    if chip_kind == "2 cores":
+        cfg, batch, prompt = tiny_chip(), 2, 5
+    elif chip_kind == "4 cores, split-K":
+        cfg, batch, prompt = _four_core_fp32(), 1, 40
+    else:
+        d = config.to_dict(tiny_chip())
+        d["cores"]["sram"]["size_bytes"] = 8192
+        cfg, batch, prompt = config.from_dict(d), 1, 9
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, spec.vocab_size, (batch, prompt))
+    ref, cache = forward_prefill(spec, w, tokens)
+    got, stats = _compiled_logits(spec, w, cfg, "prefill", batch, prompt, tokens)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    model = spec.macs("prefill", batch, prompt)
+    assert model <= sum(stats.macs.values()) <= model + masked_macs(spec, batch, prompt)
+    comp, ref2 = _decode_after_prompt(spec, w, cfg, batch, prompt, 5)
+    split = [t for t in comp.layout.tensors.values() if t.name.endswith("part_acc")]
+    assert bool(split) == (chip_kind == "4 cores, split-K")
+    stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
+    np.testing.assert_allclose(stats.memory.read("logits"), ref2, rtol=1e-5, atol=1e-5)
+    assert sum(stats.macs.values()) == spec.macs("decode", batch, prompt)
+
+
 def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     """q, k, v (and gate, up) read the same normed input, so they compile to one matmul each
     (codegen.FUSED): the layer's ops are qkv and gate_up, the fused weight's columns land in
@@ -103,8 +138,9 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     kinds = {r["op"]: r["kind"] for r in
              simulate(cfg, spec, "decode", batch, prompt, progress=False).op_table()}
     assert kinds["layer*.qkv"] == kinds["layer*.gate_up"] == "matmul"
-    # MLA (no numpy reference): q_a and kv_a, apart in the graph (q_a_norm and q_b between),
-    # run as one op whose stores fill exactly the qa and kva tensors the later ops read
+    # MLA: q_a and kv_a, apart in the graph (q_a_norm and q_b between), run as one op whose
+    # stores fill exactly the qa and kva tensors the later ops read (its values:
+    # test_functional_mla_prefill_and_decode_equal_numpy)
     from tilesim.arch import dma
     from tilesim.arch.chip import _BITS
     mla = SPECS["mla"]

@@ -2,7 +2,7 @@
 prefill equals prefilling one more token; a fully vectorised masked implementation written here
 (GQA by reshape, RoPE by complex rotation) gives the same logits; the MACs it performs equal the
 model's analytic count and the op graph's per-op MACs; RoPE makes scores depend only on relative
-position."""
+position; its MLA, computed the plain way, equals the weight-absorbed form written here."""
 from __future__ import annotations
 
 import numpy as np
@@ -190,8 +190,11 @@ def test_reference_macs_per_op_equal_the_op_graph(spec, w, phase):
 
 
 def test_reference_rejects_what_it_does_not_model(spec, w):
-    with pytest.raises(ValueError, match="MLA, MoE"):
+    with pytest.raises(ValueError, match="does not model MoE"):
         ref.random_weights(models.preset("deepseek-v3"), 0)
+    import dataclasses
+    with pytest.raises(ValueError, match="MLA without q_lora_rank"):
+        ref.random_weights(dataclasses.replace(ref.tiny_mla_spec(), q_lora_rank=0), 0)
     with pytest.raises(ValueError, match="position 3 is not the cache length 4"):
         _, cache = ref.forward_prefill(spec, w, tokens(spec, 1, 4))
         ref.forward_decode(spec, w, cache, np.array([1]), 3)
@@ -199,3 +202,78 @@ def test_reference_rejects_what_it_does_not_model(spec, w):
         ref.forward_prefill(spec, w, np.array([[96]]))
     with pytest.raises(ValueError, match="prompt length 65"):
         ref.forward_prefill(spec, w, tokens(spec, 1, 65))
+
+
+@pytest.fixture(scope="module")
+def mla():
+    spec = ref.tiny_mla_spec()
+    return spec, ref.random_weights(spec, seed=4)
+
+
+def absorbed_mla_reference(spec, w, toks):
+    """All positions at once, MLA weight-absorbed as the compiler runs it (and as DeepSeek
+    decodes): each head's query nope part goes through k_up[h] into the latent space, scores
+    are taken against the cached latent itself (plus the shared rope key), and the softmax-
+    weighted latent goes through v_up[h]; no per-head key or value is ever formed. RoPE by
+    complex rotation, a -inf causal mask."""
+    B, S = toks.shape
+    H, r, eps = spec.n_heads, spec.kv_lora_rank, spec.norm_eps
+    nope, rp, vd = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    rot = np.exp(1j * np.outer(np.arange(S), spec.rope_theta ** (-np.arange(0, rp, 2) / rp)))
+
+    def norm(x, g):
+        return g * x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+
+    def rotate(x):                                                   # [..., S, rope]
+        z = (x[..., : rp // 2] + 1j * x[..., rp // 2:]) * rot
+        return np.concatenate([z.real, z.imag], -1)
+
+    mask = np.triu(np.full((S, S), -np.inf), 1)
+    x = w["embed"][toks]
+    for i in range(spec.n_layers):
+        p = f"layer{i}."
+        h = norm(x, w[p + "attn_norm"])
+        q = (norm(h @ w[p + "q_a"], w[p + "q_a_norm"]) @ w[p + "q_b"]).reshape(B, S, H, nope + rp)
+        q_lat = np.einsum("bshn,hnr->bhsr", q[..., :nope], w[p + "k_up"])
+        q_pe = rotate(q[..., nope:].transpose(0, 2, 1, 3))           # [B, H, S, rope]
+        kv = h @ w[p + "kv_a"]
+        c = norm(kv[..., :r], w[p + "kv_a_norm"])                    # [B, S, r]
+        k_pe = rotate(kv[..., r:])                                   # [B, S, rope]
+        s = (np.einsum("bhqr,btr->bhqt", q_lat, c) + np.einsum("bhqe,bte->bhqt", q_pe, k_pe))
+        a = np.exp(s / np.sqrt(nope + rp) + mask)
+        a /= a.sum(-1, keepdims=True)
+        o = np.einsum("bhrv,bhqr->bqhv", w[p + "v_up"][None], np.einsum("bhqt,btr->bhqr", a, c))
+        x = x + o.reshape(B, S, H * vd) @ w[p + "o"]
+        h = norm(x, w[p + "ffn_norm"])
+        g = h @ w[p + "gate"]
+        x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "up"])) @ w[p + "down"]
+    return norm(x, w["final_norm"]) @ w["lm_head"]                   # [B, S, V]
+
+
+@pytest.mark.parametrize("batch,length", [(1, 1), (2, 9), (3, 21)])
+def test_mla_plain_form_equals_the_absorbed_form(mla, batch, length):
+    spec, w = mla
+    toks = tokens(spec, batch, length, seed=11)
+    logits, cache = ref.forward_prefill(spec, w, toks)
+    np.testing.assert_allclose(logits, absorbed_mla_reference(spec, w, toks)[:, -1], rtol=0,
+                               atol=1e-10)
+    # the cache is the latent and the rope key: exactly the model's KV bytes per token
+    assert [c[1] for c in cache] == [None] * spec.n_layers
+    assert all(c[0].shape == (batch, 1, length, 16 + 4) for c in cache)
+    assert sum(c[0][0, :, 0].size for c in cache) * 4 == spec.kv_bytes_per_token()
+
+
+def test_mla_decode_after_prefill_equals_prefill_and_its_weights_are_the_model_s(mla):
+    spec, w = mla
+    toks = tokens(spec, 2, 8, seed=12)
+    _, cache = ref.forward_prefill(spec, w, toks[:, :7])
+    logits, _ = ref.forward_decode(spec, w, cache, toks[:, 7], 7)
+    want, _ = ref.forward_prefill(spec, w, toks)
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-10)
+    assert sum(v.size for v in w.values()) == spec.param_count()
+    g = graph.model_graph(spec, "decode", 2, 7)
+    assert {a["weight"] for _, a in g.nodes(data=True) if a["weight"]} == set(w)
+    # the plain form expands every cached key and value per head: more MACs than the model's
+    c = ref.MacCounter()
+    ref.forward_decode(spec, w, cache, toks[:, 7], 7, counter=c)
+    assert c.total > spec.macs("decode", 2, 7)

@@ -23,10 +23,10 @@ Per kind:
 - embedding: rows of the table gathered by token id; topk: ``top_k`` max-reductions over the
   router scores (timing only: routing is taken as uniform, see graph.py).
 
-Functional mode needs every value right, and is exercised on dense GQA models (tests); MLA and
-MoE programs have the right shapes, bytes and MACs but their dataflow is simplified (the MLA
-query is one tensor; experts read their tokens' rows in order), so their values are not meant
-to be checked.
+Functional mode needs every value right, and is exercised on dense GQA and MLA models (tests:
+their logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way).
+MoE programs have the right shapes, bytes and MACs but their dataflow is simplified (routing is
+uniform, experts read their tokens' rows in order), so their values are not meant to be checked.
 """
 from __future__ import annotations
 
@@ -797,44 +797,59 @@ def rope_table(positions: np.ndarray, rot_dim: int, theta: float) -> np.ndarray:
 
 def emit_rope(em: Emitter, lay: Layout, parts: list, rows: int, rot_dim: int,
               positions: np.ndarray, theta: float, act: str, tag: str) -> None:
-    """Rotate ``rot_dim`` columns of every head of each part in place.
+    """Rotate ``rot_dim`` columns of every head of each part.
 
-    parts: [(tensor, heads, head_stride_elems, rot_offset_elems)]."""
+    parts: [(tensor, heads, head_stride_elems, rot_offset_elems[, out])]: in place (the whole
+    rows go through the SRAM), or, with ``out`` = (tensor, head_stride_elems, offset_elems),
+    only the rotated columns, read from each head and written to ``out``'s heads (MLA: the
+    query's rope part goes next to its absorbed latent part, where the attention reads it)."""
     table = lay.tensor(f"{tag}.rope_table", rows, rot_dim, act)
     lay.values[table.name] = rope_table(positions, rot_dim, theta)
-    width = sum(t.cols for t, *_ in parts)
+    width = sum(p[0].cols if len(p) == 4 else p[1] * rot_dim for p in parts)
     rb, blocks = _row_plan(em, rows, nbytes(width + rot_dim, act), 1)
+    rt = nbytes(rot_dim, act)
     for core, run in enumerate(split(len(blocks), em.cores)):
         if not len(run):
             continue
         tb = em.alloc(core, nbytes(rb * rot_dim, act))
-        xb = [em.alloc(core, nbytes(rb * t.cols, act)) for t, *_ in parts]
+        xb = [em.alloc(core, rb * (p[0].row_bytes if len(p) == 4 else p[1] * rt))
+              for p in parts]
         ld = em.sem(f"c{core}.ld")
         vd = em.sem(f"c{core}.vd")
         st = em.sem(f"c{core}.st")
         nld = nvd = nst = 0
-        rt = nbytes(rot_dim, act)
         for i, bi in enumerate(run):
             r0, nr = blocks[bi]
             em.load(core, 0, table.at(r0), tb, nr, rot_dim, table.row_bytes, rt, act,
                     wait=[(st, nst) if nst else None], signal=[ld])
             nld += 1
-            for p, (t, *_) in enumerate(parts):
-                em.load(core, 0, t.at(r0), xb[p], nr, t.cols, t.row_bytes, t.row_bytes, act,
-                        signal=[ld])
+            for p, (t, heads, hs, off, *out) in enumerate(parts):
+                if out:                         # [heads x rows x rot_dim] in the SRAM
+                    em.load(core, 0, t.at(r0, off), xb[p], nr, rot_dim, t.row_bytes, rt, act,
+                            signal=[ld], heads=heads, src_head=nbytes(hs, act),
+                            dst_head=rb * rt)
+                else:
+                    em.load(core, 0, t.at(r0), xb[p], nr, t.cols, t.row_bytes, t.row_bytes,
+                            act, signal=[ld])
                 nld += 1
             # the block's loads may land in any order, so the first rotation waits for all
             # of them (a count of ld cannot tell which ones are in)
-            for p, (t, heads, hs, off) in enumerate(parts):
-                rowx = t.row_bytes
+            for p, (t, heads, hs, off, *out) in enumerate(parts):
+                rowx = rt if out else t.row_bytes
                 for h in range(heads):
-                    a = xb[p] + nbytes(h * hs + off, act)
+                    a = xb[p] + (h * rb * rt if out else nbytes(h * hs + off, act))
                     em.vop(core, VecOp.ROPE, a, a, nr, rot_dim, rowx, rowx, act, src2=tb,
                            src2_row=rt, wait=[(ld, nld)] if p == h == 0 else (),
                            signal=[vd] if h == heads - 1 else ())
                 nvd += 1
-                em.store(core, em.dma - 1, xb[p], t.at(r0), nr, t.cols, rowx, t.row_bytes, act,
-                         wait=[(vd, nvd)], signal=[st])
+                if out:
+                    (ot, ohs, ooff), = out
+                    em.store(core, em.dma - 1, xb[p], ot.at(r0, ooff), nr, rot_dim, rt,
+                             ot.row_bytes, act, wait=[(vd, nvd)], signal=[st], heads=heads,
+                             src_head=rb * rt, dst_head=nbytes(ohs, act))
+                else:
+                    em.store(core, em.dma - 1, xb[p], t.at(r0), nr, t.cols, rowx, t.row_bytes,
+                             act, wait=[(vd, nvd)], signal=[st])
                 nst += 1
 
 
@@ -1407,7 +1422,8 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
 
     ``weights`` (name -> float array, the convention of the tests' reference model) makes the
     layout carry their values for a functional run; ``kv_cache`` (per layer (K, V) of shape
-    [B, KV, S, hd]) fills the caches for a functional decode step. ``matmul_only`` (MatmulPlan
+    [B, KV, S, hd]; MLA: (latent [B, 1, S, kv_lora + rope], None)) fills the caches for a
+    functional decode step. ``matmul_only`` (MatmulPlan
     field -> value, e.g. ``{"gm": 1, "gn": 1}`` for no multicast) limits every matmul's plan
     search to plans with those values."""
     em = Emitter(cfg, name)
@@ -1443,20 +1459,20 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
         kind, nm, L = node["kind"], node["name"], node["layer"]
         fusion = _fusion(nodes, i, index, cfg, act, wdt, matmul_only)
         if fusion:
-            name, parts, plan = fusion
-            fused[name] = [nd["name"] for nd in parts]
-            em.begin(name)
+            fname, parts, plan = fusion
+            fused[fname] = [nd["name"] for nd in parts]
+            em.begin(fname)
             if weights is not None:
-                weights[name] = np.concatenate([np.asarray(weights[nd["weight"]])
-                                                for nd in parts], axis=1)
+                weights[fname] = np.concatenate([np.asarray(weights[nd["weight"]])
+                                                 for nd in parts], axis=1)
             ys, c0 = [], 0
             for nd in parts:
                 short = nd["name"].rpartition(".")[2]
                 ys.append((c0, t(_OUTPUT.get(short, short), T, nd["n"])))
                 c0 += nd["n"]
-            emit_matmul(em, lay, MatmulJob(name, node["m"], node["k"], c0, 1, hbuf, ys[0][1],
-                                           name, y_parts=ys), wdt, act, weights, plan)
-            ran.update(fused[name])
+            emit_matmul(em, lay, MatmulJob(fname, node["m"], node["k"], c0, 1, hbuf, ys[0][1],
+                                           fname, y_parts=ys), wdt, act, weights, plan)
+            ran.update(fused[fname])
             continue
         em.begin(nm)
         wname = node.get("weight")
@@ -1526,7 +1542,8 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
         elif kind == "rope":
             if mla:
                 nope, r, rope = spec.qk_nope_head_dim, spec.kv_lora_rank, spec.qk_rope_head_dim
-                parts = [(t("qb", T, H * (nope + rope)), H, nope + rope, nope),
+                parts = [(t("qb", T, H * (nope + rope)), H, nope + rope, nope,
+                          (t("qm", T, H * (r + rope)), r + rope, r)),
                          (t("kva", T, r + rope), 1, r + rope, r)]
             else:
                 parts = [(t("q", T, H * hd), H, hd, 0), (t("k", T, KV * hd), KV, hd, 0)]
@@ -1538,13 +1555,14 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
             cache_k = t(ck_name, batch * kvh * positions, sw, kvdt)
             cache_v = None if mla else t(cv_name, batch * kvh * positions, vw, kvdt)
             if kv_cache is not None and phase == "decode":
-                kc, vc = kv_cache[L]
+                kc, vc = kv_cache[L]            # MLA: (latent [B, 1, S, r + rope], None)
                 full_k = np.zeros((batch, kvh, positions, sw))
-                full_v = np.zeros((batch, kvh, positions, vw))
                 full_k[:, :, :context] = kc
-                full_v[:, :, :context] = vc
                 lay.values[ck_name] = full_k.reshape(-1, sw)
-                lay.values[cv_name] = full_v.reshape(-1, vw)
+                if not mla:
+                    full_v = np.zeros((batch, kvh, positions, vw))
+                    full_v[:, :, :context] = vc
+                    lay.values[cv_name] = full_v.reshape(-1, vw)
             if mla:
                 job = AttnJob(nm, batch, node["q_heads"], kvh, queries, keys,
                               0 if phase == "prefill" else context, phase == "prefill", sw, vw,
