@@ -165,20 +165,32 @@ def _generic(op: str) -> str:
     return op
 
 
-def check_capacity(cfg, spec, phase: str, batch: int, context: int) -> None:
-    """InputError when weights and KV cache do not fit the chip's off-chip memory."""
+def check_capacity(cfg, spec, phase: str, batch: int, context: int,
+                   ignore: bool = False) -> None:
+    """InputError when weights and KV cache do not fit the chip's off-chip memory; with
+    ``ignore`` (--ignore-capacity, which simulates one layer's program at a time), only when
+    one layer's KV cache alone does not fit (codegen.compile_nodes checks each program's whole
+    DRAM image once it is laid out)."""
     if cfg.memory is None:
         raise InputError(f"{cfg.name}: the compiler keeps weights and the KV cache in off-chip "
                          "memory, and this chip has none (memory: none)")
     from tilesim.arch import dram
     cap = dram.capacity_bytes(cfg.memory)
     tokens = context if phase == "prefill" else context + 1
-    need = spec.weight_bytes() + spec.kv_cache_bytes(batch, tokens)
-    if need > cap:
+    kv = spec.kv_cache_bytes(batch, tokens)
+    need = spec.weight_bytes() + kv
+    what = f"{spec.name} ({phase}, batch {batch}, context {context})"
+    if need > cap and not ignore:
         raise InputError(
-            f"{spec.name} ({phase}, batch {batch}, context {context}) needs "
-            f"{need / 2**30:.2f} GiB of memory for weights and KV cache; {cfg.name} has "
-            f"{cap / 2**30:.2f} GiB (memory.capacity_bytes); --ignore-capacity runs it anyway")
+            f"{what} needs {need / 2**30:.2f} GiB of memory for weights and KV cache; "
+            f"{cfg.name} has {cap / 2**30:.2f} GiB (memory.capacity_bytes); --ignore-capacity "
+            "runs it anyway")
+    if kv // spec.n_layers > cap:
+        raise InputError(
+            f"{what}: one layer's KV cache alone needs {kv / spec.n_layers / 2**30:.2f} GiB; "
+            f"{cfg.name} has {cap / 2**30:.2f} GiB (memory.capacity_bytes), and even "
+            "--ignore-capacity simulates a layer's weights and cache in it: lower the batch or "
+            "the context, or raise memory.capacity_bytes in a copy of the chip file")
 
 
 def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 1024, *,
@@ -206,8 +218,7 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     if not isinstance(context, int) or context < (1 if phase == "prefill" else 0):
         raise InputError(f"context {context!r}: allowed: an integer >= 1 (prefill) or >= 0")
     models.check_context(spec, context if phase == "prefill" else context + 1, phase)
-    if not ignore_capacity:
-        check_capacity(cfg, spec, phase, batch, context)
+    check_capacity(cfg, spec, phase, batch, context, ignore=ignore_capacity)
 
     g = graph.model_graph(spec, phase, batch, context)
     nodes = [g.nodes[n] for n in g.nodes]

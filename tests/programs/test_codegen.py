@@ -586,6 +586,11 @@ def test_run_bad_inputs(capsys, tmp_path):
     _one_line_error(capsys, ["run", "--model", "gpt2", "--context", "5000"], "1024")
     _one_line_error(capsys, ["run", "tpu-v4i-like", "--model", "llama-3-70b"], "GiB",
                     "--ignore-capacity")
+    # --ignore-capacity still simulates a layer at a time in the chip's memory: 320 sequences
+    # of 7,001 tokens are 320 x 7001 x 4 KiB = 8.55 GiB of KV cache a layer, over 8 GiB
+    _one_line_error(capsys, ["run", "tpu-v4i-like", "--model", "llama-3-8b", "--batch", "320",
+                             "--context", "7000", "--ignore-capacity"],
+                    "one layer's KV cache alone needs 8.55 GiB", "8.00 GiB")
     bad = tmp_path / "config.json"
     bad.write_text(json.dumps({"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 6, "num_key_value_heads": 4,
@@ -692,6 +697,28 @@ def test_multicast_matmul_grid_equals_numpy_and_reads_each_block_once_per_group(
             + nbytes(m * k, act) * ceil_div(ceil_div(n, only["w"]), gn))
     assert stats.dram_read_bytes == want
     assert (stats.dma_requests["multicast"] > 0) == (gm * gn > 1)
+
+
+def test_a_program_larger_than_the_dram_is_refused_when_laid_out(tiny):
+    """A program whose DRAM image (weights, KV cache, activations) passes memory.capacity_bytes
+    is one clear error naming the program and both sizes, before anything runs (the chip would
+    stop at the first request past the end); at the image's size it compiles."""
+    spec, _, cfg = tiny
+    g = graph.model_graph(spec, "decode", 2, 8)
+    nodes = [g.nodes[n] for n in g.nodes]
+    top = codegen.compile_nodes(spec, nodes, cfg, "decode", 2, 8).layout.top
+    d = config.to_dict(cfg)
+    for cap, fits in ((top, True), (top - 4096, False)):
+        d["memory"]["capacity_bytes"] = cap
+        small = config.from_dict(d)
+        if fits:
+            codegen.compile_nodes(spec, nodes, small, "decode", 2, 8, name="layers 0-1")
+            continue
+        with pytest.raises(InputError) as e:
+            codegen.compile_nodes(spec, nodes, small, "decode", 2, 8, name="layers 0-1")
+        msg = str(e.value)
+        assert "program 'layers 0-1'" in msg and f"{top / 2**20:,.1f} MiB" in msg
+        assert config.format_size(cap) in msg and "\n" not in msg
 
 
 def test_large_tensors_start_on_2_mib_whatever_the_small_ones_before_them():

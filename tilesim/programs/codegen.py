@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tilesim.config import ChipConfig
+from tilesim.arch import dram
+from tilesim.config import ChipConfig, format_size
 from tilesim.dtypes import DTYPES
 from tilesim.errors import InputError
 from tilesim.isa.opcodes import INSTR_DTYPE, MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
@@ -1594,6 +1595,12 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
             _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights)
         else:
             raise ValueError(f"codegen: no rule for op kind {kind}")
+    if cfg.memory is not None and lay.top > (cap := dram.capacity_bytes(cfg.memory)):
+        raise InputError(
+            f"{cfg.name}: program {name!r} ({spec.name} {phase}, batch {batch}, context "
+            f"{context}) lays out {lay.top / 2**20:,.1f} MiB in DRAM (its weights, KV cache and "
+            f"activations), more than memory.capacity_bytes ({format_size(cap)}): lower the "
+            "batch or the context, or raise memory.capacity_bytes in a copy of the chip file")
     for tn in lay.tensors.values():
         em.b.buffer(tn.name, "dram", tn.addr, tn.dtype, (tn.rows, tn.cols))
     prog, tags = em.build()
