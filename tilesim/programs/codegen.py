@@ -24,7 +24,11 @@ Per kind:
   router scores (timing only: routing is taken as uniform, see graph.py).
 
 Functional mode needs every value right, and is exercised on dense GQA and MLA models (tests:
-their logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way).
+their logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way),
+in fp32 and in bf16, with weights of any type. The attention feeds queries and cached keys and
+values to the arrays as they are, so values (not timing) need the act type to be the arrays'
+input type and the KV type their weight type; compile_nodes refuses other combinations when
+given weights.
 MoE programs have the right shapes, bytes and MACs but their dataflow is simplified (routing is
 uniform, experts read their tokens' rows in order), so their values are not meant to be checked.
 """
@@ -650,7 +654,9 @@ def _row_plan(em: Emitter, rows: int, row_bytes: int, buffers: int, ways: int = 
 def emit_norm(em: Emitter, lay: Layout, x: Tensor, y: Tensor, rows: int, dim: int, kind: str,
               eps: float, gamma: str, beta: str | None, act: str, weights: dict | None,
               x_row0: int = 0, x_row_step: int = 1, x_col: int = 0, y_col: int = 0) -> None:
-    """y = norm(x) * gamma (+ beta). fp32 inside."""
+    """y = norm(x) * gamma (+ beta). fp32 inside; with another act type the normalised rows
+    are rounded to it before gamma (and beta) apply in it, as Hugging Face's LlamaRMSNorm
+    does (a vector op reads both its sources in one type, and gamma is stored in act)."""
     f32 = "fp32"
     g = lay.tensor(gamma, 1, dim, act)
     if weights is not None and gamma in weights:
@@ -698,13 +704,23 @@ def emit_norm(em: Emitter, lay: Layout, x: Tensor, y: Tensor, rows: int, dim: in
             em.vop(core, VecOp.MUL, s, s, nr, 1, 4, 4, f32, flags=Flag.BCAST_IMM, imm=1.0 / dim)
             em.vop(core, VecOp.RSQRT, s, s, nr, 1, 4, 4, f32, imm=eps)
             em.vop(core, VecOp.MUL, xf, xf, nr, dim, rowb, rowb, f32, src2=s, flags=Flag.BCAST_ROW)
-            last_dt = act if not bt else f32
-            em.vop(core, VecOp.MUL, xf, yb if not bt else xf, nr, dim, rowb,
-                   nbytes(dim, act) if not bt else rowb, f32, last_dt, src2=ga,
-                   flags=Flag.BCAST_COL, wait=[None if i else par], signal=[] if bt else [vd])
-            if bt:
-                em.vop(core, VecOp.ADD, xf, yb, nr, dim, rowb, nbytes(dim, act), f32, act,
-                       src2=be, flags=Flag.BCAST_COL, signal=[vd])
+            if act == f32:
+                em.vop(core, VecOp.MUL, xf, xf if bt else yb, nr, dim, rowb, rowb, f32,
+                       src2=ga, flags=Flag.BCAST_COL, wait=[None if i else par],
+                       signal=[] if bt else [vd])
+                if bt:
+                    em.vop(core, VecOp.ADD, xf, yb, nr, dim, rowb, rowb, f32, src2=be,
+                           flags=Flag.BCAST_COL, signal=[vd])
+            else:
+                # the normalised rows in the act type, then gamma (and beta) in it
+                rowa = nbytes(dim, act)
+                em.vop(core, VecOp.CONVERT, xf, yb, nr, dim, rowb, rowa, f32, act)
+                em.vop(core, VecOp.MUL, yb, yb, nr, dim, rowa, rowa, act, src2=ga,
+                       flags=Flag.BCAST_COL, wait=[None if i else par],
+                       signal=[] if bt else [vd])
+                if bt:
+                    em.vop(core, VecOp.ADD, yb, yb, nr, dim, rowa, rowa, act, src2=be,
+                           flags=Flag.BCAST_COL, signal=[vd])
             em.store(core, em.dma - 1, yb, y.at(r0, y_col), nr, dim, nbytes(dim, act),
                      y.row_bytes, act, wait=[(vd, i + 1)], signal=[st])
 
@@ -778,9 +794,11 @@ def emit_binary(em: Emitter, a: Tensor, b: Tensor, y: Tensor, rows: int, cols: i
                 em.vop(core, VecOp.ADD, ab, yb, nr, nc, rowa, rowa, act, src2=bb, src2_row=rowa,
                        wait=w, signal=[vd])
             elif fn == "silu_mul":
+                # silu in fp32, rounded to the act type over a (a vector op reads both its
+                # sources in one type), times b: as a framework computes it in that type
                 em.vop(core, VecOp.SILU, ab, tf, nr, nc, rowa, rowf, act, f32, wait=w)
-                em.vop(core, VecOp.CONVERT, bb, yb, nr, nc, rowa, rowa, act, act)
-                em.vop(core, VecOp.MUL, tf, yb, nr, nc, rowf, rowa, f32, act, src2=yb,
+                em.vop(core, VecOp.CONVERT, tf, ab, nr, nc, rowf, rowa, f32, act)
+                em.vop(core, VecOp.MUL, ab, yb, nr, nc, rowa, rowa, act, src2=bb,
                        src2_row=rowa, signal=[vd])
             else:
                 em.vop(core, VecOp.GELU, ab, yb, nr, nc, rowa, rowa, act, wait=w, signal=[vd])
@@ -1431,6 +1449,15 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
     em.matmul_only = matmul_only
     lay = Layout()
     act, wdt, kvdt = spec.act_dtype, spec.weight_dtype, spec.kv_dtype
+    sa = cfg.cores.systolic
+    if weights is not None and (act, kvdt) != (sa.input_dtype, sa.weight_dtype):
+        # the attention feeds queries (act) and cached keys and values (kv) to the arrays
+        # unconverted: right in bytes and time, not in values
+        raise InputError(
+            f"{cfg.name}: functional values need activations in the arrays' input type and the "
+            f"KV cache in their weight type ({sa.input_dtype}, {sa.weight_dtype}); "
+            f"{spec.name} has act {act}, kv {kvdt} (the timing of this combination is modelled, "
+            "its values are not)")
     T = batch * context if phase == "prefill" else batch
     queries = context if phase == "prefill" else 1
     keys = context if phase == "prefill" else context + 1
