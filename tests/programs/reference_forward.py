@@ -22,6 +22,11 @@ Conventions the compiler shares:
   query head h reads KV head ``h // (H / KV)``; heads are the column blocks of q/k/v
   (head h is columns ``h*hd : (h+1)*hd``), concatenated in head order before ``o``.
 - FFN: ``down(silu(x @ gate) * (x @ up))``; pre-norm residual blocks; final norm; LM head.
+- GPT-2's kind (the model says which): LayerNorm ``(x - mean) / sqrt(var + eps) * g + b``
+  (shift ``<norm>.bias``); ``down(gelu(x @ up))`` with GPT-2's tanh GELU; a bias
+  ``<weight>.bias`` [fan_out] on q, k, v, o and the FFN projections; learned positions
+  ``pos_embed`` [max_context, d] added to the token rows instead of RoPE; a tied LM head
+  (``embed.T``); a sliding window keeps a query's last ``sliding_window`` keys.
 - The KV cache is a list over layers of ``(K, V)``, each ``[B, KV, S, hd]``, K after RoPE.
 - MLA (``kv_lora_rank`` r > 0; nope, rope, v the per-head widths, ``q_lora_rank`` ql), computed
   the plain way, *not* weight-absorbed as the compiler runs it: ``q = rms(h @ q_a, q_a_norm)
@@ -66,6 +71,15 @@ def tiny_mla_spec() -> ModelSpec:
                                qk_rope_head_dim=4, v_head_dim=8)
 
 
+def tiny_gpt2_spec() -> ModelSpec:
+    """The tiny model built as GPT-2 is: 4 heads of 16 (MHA), LayerNorm, a GELU FFN, biases
+    on every projection, learned positions, the LM head tied to the embedding."""
+    import dataclasses
+    return dataclasses.replace(tiny_spec(), name="tiny-gpt2", n_kv_heads=4, ffn_kind="gelu",
+                               norm="layer", rope_theta=0.0, tie_embeddings=True,
+                               qkv_bias=True, attn_out_bias=True, mlp_bias=True)
+
+
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in a fixed order."""
     d, H, KV, hd, F, V = (spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim,
@@ -84,24 +98,41 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         else:
             shapes.update({p + "q": (d, H * hd), p + "k": (d, KV * hd), p + "v": (d, KV * hd),
                            p + "o": (H * hd, d)})
-        shapes.update({p + "ffn_norm": (d,), p + "gate": (d, F), p + "up": (d, F),
-                       p + "down": (F, d)})
-    shapes.update({"final_norm": (d,), "lm_head": (d, V)})
+        shapes[p + "ffn_norm"] = (d,)
+        if spec.ffn_kind == "swiglu":
+            shapes[p + "gate"] = (d, F)
+        shapes.update({p + "up": (d, F), p + "down": (F, d)})
+    shapes["final_norm"] = (d,)
+    if not spec.tie_embeddings:
+        shapes["lm_head"] = (d, V)
+    if spec.rope_theta == 0:
+        shapes["pos_embed"] = (spec.max_context, d)
+    # biases and LayerNorm shifts: "<weight>.bias" [fan_out]
+    for name, shape in list(shapes.items()):
+        short = name.rpartition(".")[2]
+        if (spec.norm == "layer" and short in ("attn_norm", "ffn_norm", "final_norm")
+                or spec.qkv_bias and short in ("q", "k", "v")
+                or spec.attn_out_bias and short == "o"
+                or spec.mlp_bias and short in ("gate", "up", "down")):
+            shapes[name + ".bias"] = shape[-1:]
     return shapes
 
 
 def random_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
-    """Seeded float64 weights: matrices ~ N(0, 1/sqrt(fan_in)) (standard deviation; a stack
-    of per-head matrices [H, fan_in, fan_out] likewise), the
+    """Seeded float64 weights: biases and shifts ~ 0.1 N(0, 1), learned positions ~ 0.5
+    N(0, 1), matrices ~ N(0, 1/sqrt(fan_in)) (standard deviation; a stack of per-head
+    matrices [H, fan_in, fan_out] likewise), the
     embedding table ~ N(0, 1) (a lookup, not a product), norm scales ~ 1 + 0.1 N(0, 1)."""
     _check_supported(spec)
     rng = np.random.default_rng(seed)
     w = {}
     for name, shape in weight_shapes(spec).items():
-        if len(shape) == 1:
+        if name.endswith(".bias"):
+            w[name] = 0.1 * rng.standard_normal(shape)
+        elif len(shape) == 1:
             w[name] = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif name == "embed":
-            w[name] = rng.standard_normal(shape)
+        elif name in ("embed", "pos_embed"):
+            w[name] = rng.standard_normal(shape) * (1.0 if name == "embed" else 0.5)
         else:
             w[name] = rng.standard_normal(shape) / np.sqrt(shape[-2])
     return w
@@ -132,6 +163,27 @@ def rms_norm(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
 
+def norm(spec: ModelSpec, w: dict, name: str, x: np.ndarray) -> np.ndarray:
+    """The model's norm ``name``: RMSNorm, or LayerNorm ``(x - mean) / sqrt(var + eps) * g
+    + b`` (biased variance)."""
+    if spec.norm == "rms":
+        return rms_norm(x, w[name], spec.norm_eps)
+    c = x - x.mean(axis=-1, keepdims=True)
+    return c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + spec.norm_eps) * w[name] \
+        + w[name + ".bias"]
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def linear(counter, x, w: dict, name: str, part: str) -> np.ndarray:
+    """``x @ w[name]`` (+ ``w[name + ".bias"]`` when the model has it)."""
+    y = counter.mm(x, w[name], part, name)
+    return y + w[name + ".bias"] if name + ".bias" in w else y
+
+
 def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
     """Rotate-half RoPE of ``x[..., S, hd]`` at ``positions[S]``."""
     hd = x.shape[-1]
@@ -160,7 +212,7 @@ def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
     B, S = tokens.shape
     if not 1 <= S <= spec.max_context:
         raise ValueError(f"prompt length {S} is not allowed (1 to {spec.max_context})")
-    x = w["embed"][tokens]                                           # [B, S, d]
+    x = _embed(spec, w, tokens, np.arange(S))                       # [B, S, d]
     return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter())
 
 
@@ -178,8 +230,14 @@ def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_toke
         raise ValueError(f"position {position} is not the cache length {cached}")
     if position + 1 > spec.max_context:
         raise ValueError(f"position {position} is past max_context {spec.max_context}")
-    x = w["embed"][new_tokens][:, None, :]                           # [B, 1, d]
+    x = _embed(spec, w, new_tokens[:, None], np.array([position]))  # [B, 1, d]
     return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter())
+
+
+def _embed(spec, w, tokens, positions):
+    """Token rows, plus learned position rows (rope_theta == 0)."""
+    x = w["embed"][tokens]
+    return x + w["pos_embed"][positions] if spec.rope_theta == 0 else x
 
 
 def _forward(spec, w, x, cache, start, counter):
@@ -190,34 +248,37 @@ def _forward(spec, w, x, cache, start, counter):
     new_cache = []
     for i in range(spec.n_layers):
         p = f"layer{i}."
-        h = rms_norm(x, w[p + "attn_norm"], spec.norm_eps)
+        h = norm(spec, w, p + "attn_norm", x)
         attn, layer_cache = attend(spec, w, p, h, cache[i], positions, counter)
         new_cache.append(layer_cache)
-        x = x + counter.mm(attn, w[p + "o"], "attn_proj", p + "o")
-        h = rms_norm(x, w[p + "ffn_norm"], spec.norm_eps)
-        gate = counter.mm(h, w[p + "gate"], "ffn_dense", p + "gate")
-        up = counter.mm(h, w[p + "up"], "ffn_dense", p + "up")
-        x = x + counter.mm(silu(gate) * up, w[p + "down"], "ffn_dense", p + "down")
-    last = rms_norm(x[:, -1, :], w["final_norm"], spec.norm_eps)
-    return counter.mm(last, w["lm_head"], "lm_head", "lm_head"), new_cache
+        x = x + linear(counter, attn, w, p + "o", "attn_proj")
+        h = norm(spec, w, p + "ffn_norm", x)
+        up = linear(counter, h, w, p + "up", "ffn_dense")
+        if spec.ffn_kind == "swiglu":
+            a = silu(linear(counter, h, w, p + "gate", "ffn_dense")) * up
+        else:
+            a = gelu(up)
+        x = x + linear(counter, a, w, p + "down", "ffn_dense")
+    last = norm(spec, w, "final_norm", x[:, -1, :])
+    head = w["embed"].T if spec.tie_embeddings else w["lm_head"]
+    return counter.mm(last, head, "lm_head", "lm_head"), new_cache
 
 
 def _mha(spec, w, p, h, cache, positions, counter):
     """MHA/GQA/MQA of the normed ``h[B, T, d]``: (heads' outputs [B, T, H*hd], (K, V))."""
     B, T, _ = h.shape
     H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    q = counter.mm(h, w[p + "q"], "attn_proj", p + "q")
-    k = counter.mm(h, w[p + "k"], "attn_proj", p + "k")
-    v = counter.mm(h, w[p + "v"], "attn_proj", p + "v")
-    q = rope(q.reshape(B, T, H, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
-    k = rope(k.reshape(B, T, KV, hd).transpose(0, 2, 1, 3), positions, spec.rope_theta)
-    v = v.reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+    q = linear(counter, h, w, p + "q", "attn_proj").reshape(B, T, H, hd).transpose(0, 2, 1, 3)
+    k = linear(counter, h, w, p + "k", "attn_proj").reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+    v = linear(counter, h, w, p + "v", "attn_proj").reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
+    if spec.rope_theta:
+        q, k = rope(q, positions, spec.rope_theta), rope(k, positions, spec.rope_theta)
     if cache is not None:
         k = np.concatenate([cache[0], k], axis=2)
         v = np.concatenate([cache[1], v], axis=2)
     kv_of_head = np.arange(H) // (H // KV)
     out = _causal(q, q, k[:, kv_of_head], k[:, kv_of_head], v[:, kv_of_head], positions[0],
-                  hd, p, counter)
+                  hd, p, counter, spec.sliding_window)
     return out.transpose(0, 2, 1, 3).reshape(B, T, H * hd), (k, v)
 
 
@@ -246,12 +307,13 @@ def _mla(spec, w, p, h, cache, positions, counter):
                      for j in range(H)], axis=1)                      # [B, H, S, v]
     S = latent.shape[2]
     out = _causal(q_nope, q_pe, k_nope, np.broadcast_to(pe_all, (B, H, S, rp)), vals,
-                  positions[0], nope + rp, p, counter)
+                  positions[0], nope + rp, p, counter, spec.sliding_window)
     return out.transpose(0, 2, 1, 3).reshape(B, T, H * vd), (latent, None)
 
 
-def _causal(qa, qb, ka, kb, v, start, qk_dim, p, counter):
-    """Causal attention of queries at positions start.. over every key up to their own:
+def _causal(qa, qb, ka, kb, v, start, qk_dim, p, counter, window=0):
+    """Causal attention of queries at positions start.. over every key up to their own (the
+    last ``window`` of them when window > 0):
     scores ``(qa . ka + qb . kb) / sqrt(qk_dim)`` (MLA's rope part is the second term; GQA
     passes the same q and k as both, which then count once), softmax, times ``v``. Shapes
     [B, H, T or S, width]; returns [B, H, T, v width]."""
@@ -259,14 +321,15 @@ def _causal(qa, qb, ka, kb, v, start, qk_dim, p, counter):
     out = np.empty((B, H, T, v.shape[-1]))
     for t in range(T):
         seen = start + t + 1                                          # causal prefix
-        scores = counter.mm(qa[:, :, t:t + 1, :], ka[:, :, :seen, :].transpose(0, 1, 3, 2),
+        lo = max(0, seen - window) if window else 0
+        scores = counter.mm(qa[:, :, t:t + 1, :], ka[:, :, lo:seen, :].transpose(0, 1, 3, 2),
                             "attn_scores", p + "attention")
         if qb is not qa:
             scores = scores + counter.mm(qb[:, :, t:t + 1, :],
-                                         kb[:, :, :seen, :].transpose(0, 1, 3, 2),
+                                         kb[:, :, lo:seen, :].transpose(0, 1, 3, 2),
                                          "attn_scores", p + "attention")
-        out[:, :, t:t + 1, :] = counter.mm(softmax(scores / np.sqrt(qk_dim)), v[:, :, :seen, :],
-                                           "attn_values", p + "attention")
+        out[:, :, t:t + 1, :] = counter.mm(softmax(scores / np.sqrt(qk_dim)),
+                                           v[:, :, lo:seen, :], "attn_values", p + "attention")
     return out
 
 
@@ -281,16 +344,14 @@ def _tokens(spec: ModelSpec, tokens, ndim: int) -> np.ndarray:
 
 
 def _check_supported(spec: ModelSpec) -> None:
-    """The reference covers dense (not MoE), RMSNorm, SwiGLU, RoPE models without biases or
-    windows; MLA only with a query rank (DeepSeek-V3's form)."""
+    """The reference covers dense (not MoE) models with RMSNorm or LayerNorm, SwiGLU or GELU,
+    RoPE or learned positions, biases, tied embeddings and sliding windows; MLA only with a
+    query rank (DeepSeek-V3's form)."""
     rot = spec.qk_rope_head_dim if spec.attention == "mla" else spec.head_dim
     unsupported = [name for name, bad in (
         ("MLA without q_lora_rank", spec.attention == "mla" and not spec.q_lora_rank),
-        ("MoE", spec.is_moe), ("gelu", spec.ffn_kind != "swiglu"),
-        ("layer norm", spec.norm != "rms"), ("learned positions", spec.rope_theta == 0),
-        ("biases", spec.qkv_bias or spec.attn_out_bias or spec.mlp_bias),
-        ("sliding window", spec.sliding_window > 0), ("tied embeddings", spec.tie_embeddings),
-        ("an odd rotated width", rot % 2 == 1)) if bad]
+        ("MoE", spec.is_moe), ("an odd rotated width", spec.rope_theta and rot % 2 == 1))
+        if bad]
     if unsupported:
         raise ValueError(f"reference forward does not model {', '.join(unsupported)} "
                          f"(model {spec.name!r})")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.programs.reference_forward import (forward_decode, forward_prefill, random_weights,
-                                              silu, tiny_mla_spec, tiny_spec)
+                                              silu, tiny_gpt2_spec, tiny_mla_spec, tiny_spec)
 from tilesim import config
 from tilesim.arch import chip
 from tilesim.cli import main
@@ -117,6 +117,30 @@ def test_functional_mla_prefill_and_decode_equal_numpy(chip_kind):
     assert sum(stats.macs.values()) == spec.macs("decode", batch, prompt)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "window"])
+def test_functional_gpt2_kind_and_sliding_window_equal_numpy(kind):
+    """GPT-2's kind (LayerNorm, GELU, a bias on every projection, learned positions, a tied
+    LM head) and a sliding window of 4 keys over a 9-token prompt: prefill and decode logits
+    equal the numpy reference on 2 and on 4 cores, and decode executes the model's MACs. The
+    biases and the position rows used to be left out (logits off by the biases); a prefill
+    query block read only the window of its last query, so its first queries lost keys."""
+    import dataclasses
+    spec = (tiny_gpt2_spec() if kind == "gpt2"
+            else dataclasses.replace(tiny_spec(), sliding_window=4))
+    w = random_weights(spec, 0)
+    for cfg in (tiny_chip(), _four_core_fp32()):
+        rng = np.random.default_rng(3)
+        tokens = rng.integers(0, spec.vocab_size, (2, 9))
+        ref, _ = forward_prefill(spec, w, tokens)
+        got, _ = _compiled_logits(spec, w, cfg, "prefill", 2, 9, tokens)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        comp, ref2 = _decode_after_prompt(spec, w, cfg, 2, 9, 4)
+        stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
+        np.testing.assert_allclose(stats.memory.read("logits"), ref2, rtol=1e-5,
+                                   atol=1e-5 * np.abs(ref2).max())
+        assert sum(stats.macs.values()) == spec.macs("decode", 2, 9)
+
+
 @pytest.mark.parametrize("mla", [False, True])
 @pytest.mark.parametrize("wdt", ["bf16", "fp8e4m3"])
 def test_functional_bf16_with_bf16_or_fp8_weights_equals_numpy_to_rounding(mla, wdt):
@@ -150,8 +174,8 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     (codegen.FUSED): the layer's ops are qkv and gate_up, the fused weight's columns land in
     the q, k, v (gate, up) tensors the later ops read, so the decode logits still equal the
     numpy reference and every model MAC runs once; the op table reports them as matmuls. MLA's
-    q_a and kv_a fuse too, though q_a_norm and q_b sit between them. With biases on q, k, v
-    (which the fused op does not add) they stay three ops."""
+    q_a and kv_a fuse too, though q_a_norm and q_b sit between them, and biased q, k, v fuse
+    with one bias of their three."""
     import dataclasses
     spec, w, cfg = tiny
     batch, prompt = 2, 6
@@ -188,11 +212,14 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     want = {n: comp.layout.tensors[n].rows * comp.layout.tensors[n].row_bytes
             for n in ("qa", "kva")}
     assert stored == want
+    # biased q, k, v fuse with their biases end to end (GPT-2's kind: equal to numpy in
+    # test_functional_gpt2_kind_and_sliding_window_equal_numpy); biased gate and up too
     biased = dataclasses.replace(spec, qkv_bias=True)
     g = graph.model_graph(biased, "decode", batch, prompt)
-    ops = codegen.compile_nodes(biased, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
-                                prompt).ops
-    assert {"layer0.q", "layer0.k", "layer0.v", "layer0.gate_up"} <= set(ops)
+    comp = codegen.compile_nodes(biased, [g.nodes[n] for n in g.nodes], cfg, "decode", batch,
+                                 prompt)
+    assert {"layer0.qkv", "layer0.gate_up"} <= set(comp.ops)
+    assert comp.layout.tensors["layer0.qkv.bias"].cols == 4 * 16 + 2 * 2 * 16
 
 
 @pytest.mark.parametrize("kv_heads,batch", [(2, 1), (1, 1), (1, 2)])

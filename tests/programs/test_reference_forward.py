@@ -277,3 +277,39 @@ def test_mla_decode_after_prefill_equals_prefill_and_its_weights_are_the_model_s
     c = ref.MacCounter()
     ref.forward_decode(spec, w, cache, toks[:, 7], 7, counter=c)
     assert c.total > spec.macs("decode", 2, 7)
+
+
+def test_gpt2_kind_weights_are_the_model_s_and_decode_equals_prefill():
+    """LayerNorm, GELU, biases, learned positions and a tied head: the weights are exactly
+    the model's parameters, and decoding after a prefill equals prefilling one more token
+    (the new token gets its own position row)."""
+    spec = ref.tiny_gpt2_spec()
+    w = ref.random_weights(spec, seed=5)
+    assert sum(v.size for v in w.values()) == spec.param_count()
+    assert "lm_head" not in w and w["pos_embed"].shape == (64, 64)
+    toks = tokens(spec, 2, 8, seed=6)
+    _, cache = ref.forward_prefill(spec, w, toks[:, :7])
+    logits, _ = ref.forward_decode(spec, w, cache, toks[:, 7], 7)
+    want, _ = ref.forward_prefill(spec, w, toks)
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-10)
+    # the position rows matter: the same tokens one position later give other logits
+    other, _ = ref.forward_decode(spec, w, [(k[:, :, 1:], v[:, :, 1:]) for k, v in cache],
+                                  toks[:, 7], 6)
+    assert np.abs(other - logits).max() > 1e-3
+
+
+def test_a_sliding_window_drops_exactly_the_keys_before_it():
+    """One layer with a window W: the last position's logits equal those of the model without
+    a window run on the last W tokens alone (RoPE's scores depend only on relative position),
+    and differ from it run on all of them."""
+    import dataclasses
+    spec = dataclasses.replace(ref.tiny_spec(), n_layers=1, sliding_window=4)
+    w = {k: v for k, v in ref.random_weights(dataclasses.replace(spec, n_layers=2),
+                                             seed=7).items() if not k.startswith("layer1.")}
+    toks = tokens(spec, 2, 9, seed=8)
+    windowed, _ = ref.forward_prefill(spec, w, toks)
+    full = dataclasses.replace(spec, sliding_window=0)
+    last4, _ = ref.forward_prefill(full, w, toks[:, -4:])
+    np.testing.assert_allclose(windowed, last4, rtol=0, atol=1e-10)
+    all9, _ = ref.forward_prefill(full, w, toks)
+    assert np.abs(all9 - windowed).max() > 1e-3

@@ -12,7 +12,8 @@ Per kind:
 
 - matmul, router, lm_head, moe_experts: :mod:`mapping` tiles; weights stream in chunks, two
   slots alternating between the DMA engines; ``ldw`` + ``mm`` per array-row step; the fp32
-  accumulator is converted to the activation type by the vector engine and stored.
+  accumulator is converted to the activation type by the vector engine (plus the bias, where
+  the model has one, its tile's slice loaded while the tile computes) and stored.
 - norm (RMS or layer), residual_add, activation (silu(gate) * up, or gelu), rope: row blocks
   spread over the cores, a handful of vector ops each.
 - attention: per (sequence, kv head[, query block]) unit, the new keys/values are appended to
@@ -20,12 +21,14 @@ Per kind:
   rescaled sum and accumulator), FlashAttention style; causal masks are additive tiles. When
   the units leave cores idle (decode at small batch) a unit's chunks are split over several
   cores and the partial results merged (flash-decoding; ``emit_attention``).
-- embedding: rows of the table gathered by token id; topk: ``top_k`` max-reductions over the
+- embedding: rows of the table gathered by token id (plus the position rows, for learned
+  positions); topk: ``top_k`` max-reductions over the
   router scores (timing only: routing is taken as uniform, see graph.py).
 
-Functional mode needs every value right, and is exercised on dense GQA and MLA models (tests:
-their logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way),
-in fp32 and in bf16, with weights of any type. The attention feeds queries and cached keys and
+Functional mode needs every value right, and is exercised on dense GQA, MLA, GPT-2-like
+(LayerNorm, GELU, biases, learned positions, tied head) and sliding-window models (tests: their
+logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way), in fp32
+and in bf16, with weights of any float type. The attention feeds queries and cached keys and
 values to the arrays as they are, so values (not timing) need the act type to be the arrays'
 input type and the KV type their weight type; compile_nodes refuses other combinations when
 given weights.
@@ -284,6 +287,7 @@ class MatmulJob:
     x_row_step: int = 1              # X row r is x row x_rows + r * x_row_step
     y_parts: list = field(default_factory=list)   # [(first column, Tensor)]: Y's column ranges
                                                   # in separate tensors (a fused projection)
+    bias: Tensor | None = None       # [1 x n] added to every row of Y (count 1)
 
     @property
     def x_row_bytes(self) -> int:
@@ -325,7 +329,7 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
     sa = cfg.cores.systolic
     in_dt, w_dt, acc_dt = sa.input_dtype, sa.weight_dtype, sa.acc_dtype
     plan = plan or plan_matmul(job.m, job.k, job.n, job.count, cfg, in_dt=in_dt, w_dt=wdt,
-                               act_dt=act, only=em.matmul_only)
+                               act_dt=act, only=em.matmul_only, bias=job.bias is not None)
     m, k, n = job.m, job.k, job.n
     w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
@@ -365,6 +369,7 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
         wraw = [em.alloc(core, nbytes(kl * w, wdt)) for _ in range(2)] if conv_w else None
         acc = em.alloc(core, nbytes(mb * w, acc_dt))
         out = em.alloc(core, nbytes(mb * w, act))
+        bb = em.alloc(core, nbytes(w, act)) if job.bias else None
         full = [em.sem(f"c{core}.full{s}") for s in (0, 1)]
         empty = [em.sem(f"c{core}.empty{s}") for s in (0, 1)]
         conv = [em.sem(f"c{core}.conv{s}") for s in (0, 1)]
@@ -442,18 +447,29 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                 n_chunk += 1
             n_acc += 1
             _store_tile(em, core, acc, out, job.y_addr(c, r0, j * w), job.y_row_bytes(j * w),
-                        rows, wj, acc_dt, act, accd, outd, stored, n_acc)
+                        rows, wj, acc_dt, act, accd, outd, stored, n_acc,
+                        (bb, job.bias.at(0, j * w), em.sem(f"c{core}.bias")) if job.bias
+                        else None)
 
 
 def _store_tile(em: Emitter, core: int, acc: int, out: int, y_addr: int, y_row: int, rows: int,
                 wj: int, acc_dt: str, act: str, accd: int, outd: int, stored: int,
-                n_acc: int) -> None:
+                n_acc: int, bias=None) -> None:
     """The ``n_acc``-th finished tile of ``core``: the vector engine converts the accumulator
     (once its last mm signalled ``accd`` and the previous tile's store ``stored``) into
-    ``out`` in the activation type, and the last DMA engine stores it to ``y_addr``."""
+    ``out`` in the activation type, and the last DMA engine stores it to ``y_addr``.
+    ``bias`` = (SRAM buffer, DRAM address of the tile's slice, semaphore): the slice is
+    loaded (on the store's engine, once the previous tile's store is issued, so it lands
+    while this tile computes) and added to every row in the activation type."""
+    prev = (stored, n_acc - 1) if n_acc > 1 else None
+    if bias is not None:
+        bb, src, bsem = bias
+        em.load(core, em.dma - 1, src, bb, 1, wj, 0, 0, act, wait=[prev], signal=[bsem])
     em.vop(core, VecOp.CONVERT, acc, out, rows, wj, nbytes(wj, acc_dt), nbytes(wj, act),
-           acc_dt, act, wait=[(accd, n_acc), (stored, n_acc - 1) if n_acc > 1 else None],
-           signal=[outd])
+           acc_dt, act, wait=[(accd, n_acc), prev], signal=[] if bias else [outd])
+    if bias is not None:
+        em.vop(core, VecOp.ADD, out, out, rows, wj, nbytes(wj, act), nbytes(wj, act), act,
+               src2=bb, flags=Flag.BCAST_COL, wait=[(bsem, n_acc)], signal=[outd])
     em.store(core, em.dma - 1, out, y_addr, rows, wj, nbytes(wj, act), y_row, act,
              wait=[(outd, n_acc)], signal=[stored])
 
@@ -492,6 +508,7 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
                 [em.alloc(core, nbytes(kl * w, w_dt)) for _ in range(2)],
                 [em.alloc(core, nbytes(kl * w, wdt)) for _ in range(2)] if conv_w else None,
                 em.alloc(core, nbytes(mb * w, acc_dt)), em.alloc(core, nbytes(mb * w, act)))
+            bb = em.alloc(core, nbytes(w, act)) if job.bias else None
         xdst = xraw if conv_x else xs
         wdst = wraw if conv_w else ws
         g = f"g{grp}"
@@ -572,7 +589,9 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
                     _store_tile(em, core, acc, out,
                                 job.y_addr(c, (sm * gm + a) * mb, (sn * gn + b) * w),
                                 job.y_row_bytes((sn * gn + b) * w), rows[a], wjs[b], acc_dt,
-                                act, q["accd"], q["outd"], q["stored"], q["n_acc"])
+                                act, q["accd"], q["outd"], q["stored"], q["n_acc"],
+                                (bb, job.bias.at(0, (sn * gn + b) * w),
+                                 em.sem(f"c{core}.bias")) if job.bias else None)
 
 
 def _shares(rows: int, parts: int) -> list[tuple[int, int]]:
@@ -959,7 +978,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         q0 = qi * qb
         nq = min(qb, job.queries - q0)
         hi = min(job.keys, job.start + q0 + nq) if job.causal else job.keys
-        lo = max(0, hi - job.window) if job.window else 0
+        # the block's first query sees the window's earliest key
+        lo = max(0, job.start + q0 - job.window + 1) if job.window else 0
         return lo, hi, ceil_div(hi - lo, ck)
 
     spans = [key_span(qi) for qi in range(q_blocks)]
@@ -1317,26 +1337,52 @@ def _merge_runs(em, core, n, rows, vw, acc, m_own, l_own, acc_own, m_max, dram, 
 # ============================================================================================
 
 
-def emit_embedding(em: Emitter, table: Tensor, x: Tensor, tokens: np.ndarray, act: str) -> None:
-    """x[t] = table[tokens[t]]: row gathers into SRAM, then one store per block."""
+def emit_embedding(em: Emitter, table: Tensor, x: Tensor, tokens: np.ndarray, act: str,
+                   pos_table: Tensor | None = None, positions=None) -> None:
+    """x[t] = table[tokens[t]] (+ pos_table[positions[t]], learned positions): row gathers
+    into SRAM, an add of the gathered position rows, then one store per block."""
     dim = x.cols
-    rb, blocks = _row_plan(em, len(tokens), nbytes(dim, act), 1)
+    row = nbytes(dim, act)
+    rb, blocks = _row_plan(em, len(tokens), row * (2 if pos_table else 1), 1)
     for core, run in enumerate(split(len(blocks), em.cores)):
         if not len(run):
             continue
-        buf = em.alloc(core, nbytes(rb * dim, act))
+        buf = em.alloc(core, rb * row)
+        pbuf = em.alloc(core, rb * row) if pos_table else None
         ld = em.sem(f"c{core}.ld")
         st = em.sem(f"c{core}.st")
+        vd = em.sem(f"c{core}.vd") if pos_table else None
+        engines = max(1, em.dma - 1)
         nld = 0
         for i, bi in enumerate(run):
             r0, nr = blocks[bi]
+            # a block's first load on each engine waits for the previous block's store,
+            # which read the buffers it overwrites
             for r in range(nr):
-                em.load(core, r % max(1, em.dma - 1), table.at(int(tokens[r0 + r])),
-                        buf + r * nbytes(dim, act), 1, dim, 0, 0, act,
-                        wait=[(st, i) if i and r == 0 else None], signal=[ld])
+                em.load(core, r % engines, table.at(int(tokens[r0 + r])),
+                        buf + r * row, 1, dim, 0, 0, act,
+                        wait=[(st, i) if i and r < engines else None], signal=[ld])
                 nld += 1
-            em.store(core, em.dma - 1, buf, x.at(r0), nr, dim, nbytes(dim, act), x.row_bytes,
-                     act, wait=[(ld, nld)], signal=[st])
+            if pos_table is not None:
+                # runs of consecutive positions (a prompt's) are one strided load each
+                p = [int(v) for v in positions[r0:r0 + nr]]
+                r = 0
+                while r < nr:
+                    e = r + 1
+                    while e < nr and p[e] == p[e - 1] + 1:
+                        e += 1
+                    em.load(core, r % engines, pos_table.at(p[r]), pbuf + r * row,
+                            e - r, dim, pos_table.row_bytes, row, act,
+                            wait=[(st, i) if i else None], signal=[ld])
+                    nld += 1
+                    r = e
+                em.vop(core, VecOp.ADD, buf, buf, nr, dim, row, row, act, src2=pbuf,
+                       src2_row=row, wait=[(ld, nld)], signal=[vd])
+                wait = [(vd, i + 1)]
+            else:
+                wait = [(ld, nld)]
+            em.store(core, em.dma - 1, buf, x.at(r0), nr, dim, row, x.row_bytes, act,
+                     wait=wait, signal=[st])
 
 
 def emit_topk(em: Emitter, scores: Tensor, out: Tensor, rows: int, experts: int, top_k: int,
@@ -1404,7 +1450,8 @@ def _fusion(nodes: list, i: int, index: dict, cfg: ChipConfig, act: str, wdt: st
     projection (:data:`FUSED`), else None: the parts must come in order in ``nodes`` (``index``:
     name -> position) with nothing between them that rewrites their input (a norm into the
     hidden state; MLA's q_a_norm and q_b write other tensors), be plain matmuls of one input
-    shape without bias, and the fused plan's n-tiles must not straddle two parts."""
+    shape, all with a bias or none (the fused bias is theirs end to end), and the fused plan's
+    n-tiles must not straddle two parts."""
     node = nodes[i]
     prefix, _, short = node["name"].rpartition(".")
     if node["kind"] != "matmul" or short not in FUSED:
@@ -1416,12 +1463,14 @@ def _fusion(nodes: list, i: int, index: dict, cfg: ChipConfig, act: str, wdt: st
     parts = [nodes[j] for j in at]
     if (any(nd["kind"] == "norm" and nd["name"].rpartition(".")[2] not in
             ("q_a_norm", "kv_a_norm") for nd in nodes[i:at[-1]])
-            or any(nd["kind"] != "matmul" or nd.get("bias", 0) or nd.get("count", 1) != 1
-                   or (nd["m"], nd["k"]) != (node["m"], node["k"]) for nd in parts)):
+            or any(nd["kind"] != "matmul" or nd.get("count", 1) != 1
+                   or (nd["m"], nd["k"]) != (node["m"], node["k"]) for nd in parts)
+            or len({bool(nd.get("bias")) for nd in parts}) > 1):
         return None
     sa = cfg.cores.systolic
     plan = plan_matmul(node["m"], node["k"], sum(nd["n"] for nd in parts), 1, cfg,
-                       in_dt=sa.input_dtype, w_dt=wdt, act_dt=act, only=only)
+                       in_dt=sa.input_dtype, w_dt=wdt, act_dt=act, only=only,
+                       bias=bool(node.get("bias")))
     if any(nd["n"] % plan.w for nd in parts[:-1]):
         return None
     return f"{prefix}.{fused}", parts, plan
@@ -1498,14 +1547,25 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
                 short = nd["name"].rpartition(".")[2]
                 ys.append((c0, t(_OUTPUT.get(short, short), T, nd["n"])))
                 c0 += nd["n"]
+            bias = t(f"{fname}.bias", 1, c0) if node.get("bias") else None
+            if bias is not None and weights is not None:
+                lay.values[bias.name] = np.concatenate(
+                    [np.asarray(weights[nd["weight"] + ".bias"]).reshape(-1)
+                     for nd in parts]).reshape(1, -1)
             emit_matmul(em, lay, MatmulJob(fname, node["m"], node["k"], c0, 1, hbuf, ys[0][1],
-                                           fname, y_parts=ys), wdt, act, weights, plan)
+                                           fname, y_parts=ys, bias=bias), wdt, act, weights,
+                        plan)
             ran.update(fused[fname])
             continue
         em.begin(nm)
         wname = node.get("weight")
 
         def mm(xt, yt, w_name, **kw):
+            if node.get("bias"):
+                kw["bias"] = t(f"{w_name}.bias", 1, node["n"])
+                if weights is not None:
+                    lay.values[kw["bias"].name] = np.asarray(
+                        weights[kw["bias"].name]).reshape(1, -1)
             job = MatmulJob(nm, node["m"], node["k"], node["n"], node.get("count", 1), xt, yt,
                             w_name, **kw)
             emit_matmul(em, lay, job, wdt, act, weights)
@@ -1514,7 +1574,12 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
             table = t("embed", spec.vocab_size, d)
             if weights is not None:
                 lay.values["embed"] = np.asarray(weights["embed"])
-            emit_embedding(em, table, x, tokens, act)
+            pos_table = None
+            if node["learned_positions"]:
+                pos_table = t("pos_embed", spec.max_context, d)
+                if weights is not None:
+                    lay.values["pos_embed"] = np.asarray(weights["pos_embed"])
+            emit_embedding(em, table, x, tokens, act, pos_table, pos)
         elif kind == "norm":
             short = nm.split(".")[-1]
             if short == "final_norm" or nm == "final_norm":
@@ -1537,6 +1602,8 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
             short = nm.split(".")[-1]
             n = node["n"]
             if kind == "lm_head":
+                if node.get("tied") and weights is not None and "embed.T" not in weights:
+                    weights["embed.T"] = np.asarray(weights["embed"]).T
                 mm(t("xf", node["m"], d), t("logits", node["m"], n), "lm_head" if not node.get(
                     "tied") else "embed.T")
             elif kind == "router":

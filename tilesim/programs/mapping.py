@@ -71,11 +71,13 @@ class MatmulPlan:
     gn: int = 1         # n-tiles per group (X multicast to gn cores)
 
 
-def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None) -> int:
+def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None,
+              bias=False) -> int:
     """Per-core SRAM bytes of a plan: X (resident block or two streamed slots), two weight
-    slots of kl x w, the accumulator and the converted output tile. Weights stored as
-    ``w_store`` (default ``w_dt``, the array's type) and X in ``act_dt`` other than ``in_dt``
-    also need staging buffers for the vector engine's conversion (codegen.emit_matmul)."""
+    slots of kl x w, the accumulator and the converted output tile (and, with ``bias``, the
+    tile's slice of the bias). Weights stored as ``w_store`` (default ``w_dt``, the array's
+    type) and X in ``act_dt`` other than ``in_dt`` also need staging buffers for the vector
+    engine's conversion (codegen.emit_matmul)."""
     w_store = w_store or w_dt
     bufs = [nbytes(mb * k, in_dt)] if resident else [nbytes(mb * kl, in_dt)] * 2
     if act_dt != in_dt:
@@ -84,12 +86,16 @@ def sram_need(mb, w, kl, k, resident, in_dt, w_dt, acc_dt, act_dt, w_store=None)
     if w_store != w_dt:
         bufs += [nbytes(kl * w, w_store)] * 2
     bufs += [nbytes(mb * w, acc_dt), nbytes(mb * w, act_dt)]
+    if bias:
+        bufs.append(nbytes(w, act_dt))
     return sum(align(b) for b in bufs)      # each buffer starts ALIGN-aligned (Emitter.alloc)
 
 
 def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: str,
-                w_dt: str, act_dt: str, only: dict | None = None) -> MatmulPlan:
-    """The best plan for ``count`` products of ``m x k @ k x n`` on ``cfg``; with ``only``
+                w_dt: str, act_dt: str, only: dict | None = None,
+                bias: bool = False) -> MatmulPlan:
+    """The best plan for ``count`` products of ``m x k @ k x n`` (plus a bias row, with
+    ``bias``) on ``cfg``; with ``only``
     (MatmulPlan field -> value) the best among the plans with those values (what-if studies and
     tests: ``{"gm": 1, "gn": 1}`` is the best plan without multicast)."""
     only = only or {}
@@ -127,7 +133,7 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
             for resident in (True, False):
                 for kl in kls:
                     need = sram_need(mb, w, kl, k, resident, sa.input_dtype, sa.weight_dtype,
-                                     acc_dt, act_dt, w_store=w_dt)
+                                     acc_dt, act_dt, w_store=w_dt, bias=bias)
                     if need > size:
                         continue
                     if not allowed(w=w, mb=mb, kl=kl):
