@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,32 +23,50 @@ from tilesim.isa.opcodes import INSTR_DTYPE, MAX_SIGNALS, MAX_WAITS, NO_SEM, Eng
 SPACES = ("dram", "sram")
 
 
-_POS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
-_SUB = {name: INSTR_DTYPE[name].shape[0] for name in INSTR_DTYPE.names if INSTR_DTYPE[name].shape}
-_FIELD = {name: (i, _SUB.get(name, 0)) for name, i in _POS.items()}   # position, sub-array length
+def _flat_layout(dt: np.dtype) -> tuple[dict, struct.Struct]:
+    """Each field's (first position, length or 0 for a scalar) in a record flattened to its
+    scalars, and the struct that packs such a flat record into ``dt``'s bytes (the records
+    are packed, little-endian, fields in offset order: checked here)."""
+    codes = {("u", 1): "B", ("i", 1): "b", ("u", 2): "H", ("i", 2): "h", ("u", 4): "I",
+             ("i", 4): "i", ("u", 8): "Q", ("i", 8): "q", ("f", 4): "f", ("f", 8): "d"}
+    fields, fmt, pos, at = {}, "<", 0, 0
+    for name in dt.names:
+        sub, off = dt.fields[name][:2]
+        base, shape = sub.subdtype if sub.subdtype else (sub, ())
+        n = int(np.prod(shape)) if shape else 0
+        if off != at:
+            raise ValueError(f"INSTR_DTYPE field {name} at byte {off}, not {at}: not packed")
+        fields[name] = (pos, n)
+        fmt += (str(n) if n else "") + codes[(base.kind, base.itemsize)]
+        pos += max(n, 1)
+        at += sub.itemsize
+    return fields, struct.Struct(fmt)
+
+
+_FIELD, _PACK = _flat_layout(INSTR_DTYPE)   # name -> (position, sub-array length or 0)
+assert _PACK.size == INSTR_DTYPE.itemsize
+_POS = {name: f[0] for name, f in _FIELD.items()}
 _WAIT_SEM, _WAIT_COUNT, _SIGNAL_SEM = _POS["wait_sem"], _POS["wait_count"], _POS["signal_sem"]
 _OP, _SRC, _DST, _SHAPE, _DTYPE = (_POS[f]
                                    for f in ("op", "src_addr", "dst_addr", "shape", "dtype"))
 _SRC_STRIDE, _DST_STRIDE = _POS["src_stride"], _POS["dst_stride"]
 _DST_CORE, _MC_COUNT, _MC_STRIDE = _POS["dst_core"], _POS["mc_count"], _POS["mc_stride"]
-_TEMPLATE = tuple(tuple(int(x) for x in v) if isinstance(v, np.ndarray) else v
-                  for v in blank(1).tolist()[0])
+_VOP, _FLAGS, _DTYPE2, _SRC2, _SRC2_STRIDE, _IMM = (
+    _POS[f] for f in ("vop", "flags", "dtype2", "src2_addr", "src2_stride", "imm"))
+_M, _K, _N = _POS["m"], _POS["k"], _POS["n"]
+_TEMPLATE = tuple(_PACK.unpack(blank(1).tobytes()))
+
 
 def _record(wait, signal) -> list:
-    """A blank record's fields as a list, with ``wait`` [(sem, count), ...] and ``signal``
-    [sem, ...] filled in."""
+    """A blank record's scalars as a flat list (:data:`_FIELD` says where each field is), with
+    ``wait`` [(sem, count), ...] and ``signal`` [sem, ...] filled in."""
     if len(wait) > MAX_WAITS or len(signal) > MAX_SIGNALS:
         raise ValueError(f"at most {MAX_WAITS} waits and {MAX_SIGNALS} signals")
     rec = list(_TEMPLATE)
-    if wait:
-        ws, wc = [NO_SEM] * MAX_WAITS, [0] * MAX_WAITS
-        for i, (sem, n) in enumerate(wait):
-            ws[i], wc[i] = sem, n
-        rec[_WAIT_SEM], rec[_WAIT_COUNT] = tuple(ws), tuple(wc)
-    if signal:
-        ss = [NO_SEM] * MAX_SIGNALS
-        ss[:len(signal)] = signal
-        rec[_SIGNAL_SEM] = tuple(ss)
+    for i, (sem, n) in enumerate(wait):
+        rec[_WAIT_SEM + i], rec[_WAIT_COUNT + i] = sem, n
+    for i, sem in enumerate(signal):
+        rec[_SIGNAL_SEM + i] = sem
     return rec
 
 
@@ -248,16 +267,22 @@ class ProgramBuilder:
         """Append one instruction to queue (core, engine). ``wait`` is [(sem, count), ...],
         ``signal`` is [sem, ...]; other keyword arguments set record fields by name.
 
-        Records are kept as plain tuples and become one structured array in :meth:`build`
-        (a compiler emits hundreds of thousands; a numpy record per call costs ~20 us)."""
+        Records are packed to bytes here and become one structured array in :meth:`build`
+        (a compiler emits hundreds of thousands; a numpy record per call costs ~20 us, and
+        numpy's conversion of a list of tuples ~4 us a record)."""
         rec = _record(wait, signal)
         for k, v in fields.items():
             f = _FIELD.get(k)
             if f is None:
                 raise ValueError(f"no instruction field {k!r} (fields: {', '.join(_POS)})")
-            if f[1]:
-                v = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v,) * f[1]
-            rec[f[0]] = v
+            at, n = f
+            if n:
+                v = list(v) if isinstance(v, (tuple, list, np.ndarray)) else [v] * n
+                if len(v) != n:
+                    raise ValueError(f"instruction field {k!r} takes {n} values, not {len(v)}")
+                rec[at:at + n] = v
+            else:
+                rec[at] = v
         self._append((core, int(engine)), rec, line)
 
     def emit_dma(self, core: int, engine: int, wait, signal, op: int, src: int, dst: int,
@@ -266,9 +291,35 @@ class ProgramBuilder:
         """:meth:`emit` of a LOAD, STORE or COPY with every field given, without the
         keyword-by-keyword walk (a compiler emits hundreds of thousands of these)."""
         rec = _record(wait, signal)
-        rec[_OP], rec[_SRC], rec[_DST], rec[_SHAPE] = op, src, dst, shape
-        rec[_SRC_STRIDE], rec[_DST_STRIDE], rec[_DTYPE] = src_stride, dst_stride, dtype
+        rec[_OP], rec[_SRC], rec[_DST], rec[_DTYPE] = op, src, dst, dtype
+        rec[_SHAPE:_SHAPE + 4] = shape
+        rec[_SRC_STRIDE:_SRC_STRIDE + 4] = src_stride
+        rec[_DST_STRIDE:_DST_STRIDE + 4] = dst_stride
         rec[_DST_CORE], rec[_MC_COUNT], rec[_MC_STRIDE] = dst_core, mc_count, mc_stride
+        self._append((core, engine), rec, 0)
+
+    def emit_array(self, core: int, engine: int, wait, signal, op: int, src: int, dst: int,
+                   m: int, k: int, n: int, src_row: int, dst_row: int, dtype: int,
+                   dtype2: int, flags: int) -> None:
+        """:meth:`emit` of an LDW or MM (row strides in ``src_stride[2]`` and
+        ``dst_stride[2]``, every field not named blank), without the keyword walk."""
+        rec = _record(wait, signal)
+        rec[_OP], rec[_SRC], rec[_DST], rec[_M], rec[_K], rec[_N] = op, src, dst, m, k, n
+        rec[_SRC_STRIDE + 2], rec[_DST_STRIDE + 2] = src_row, dst_row
+        rec[_DTYPE], rec[_DTYPE2], rec[_FLAGS] = dtype, dtype2, flags
+        self._append((core, engine), rec, 0)
+
+    def emit_vop(self, core: int, engine: int, wait, signal, vop: int, src: int, src2: int,
+                 dst: int, rows: int, cols: int, src_row: int, dst_row: int, src2_row: int,
+                 dtype: int, dtype2: int, flags: int, imm: float) -> None:
+        """:meth:`emit` of a VOP over ``rows x cols`` (shape (1, 1, rows, cols), row strides
+        in ``src_stride[2]``, ``dst_stride[2]`` and ``src2_stride``), without the keyword
+        walk."""
+        rec = _record(wait, signal)
+        rec[_OP], rec[_VOP], rec[_SRC], rec[_SRC2], rec[_DST] = int(Op.VOP), vop, src, src2, dst
+        rec[_SHAPE:_SHAPE + 4] = (1, 1, rows, cols)
+        rec[_SRC_STRIDE + 2], rec[_DST_STRIDE + 2], rec[_SRC2_STRIDE] = src_row, dst_row, src2_row
+        rec[_DTYPE], rec[_DTYPE2], rec[_FLAGS], rec[_IMM] = dtype, dtype2, flags, imm
         self._append((core, engine), rec, 0)
 
     def _append(self, key: tuple, rec: list, line: int) -> None:
@@ -276,7 +327,10 @@ class ProgramBuilder:
         if q is None:
             q = self._queues[key] = []
             self._lines.setdefault(key, [])
-        q.append(tuple(rec))
+        try:
+            q.append(_PACK.pack(*rec))
+        except struct.error as e:
+            raise ValueError(f"an instruction field is out of its type's range ({e})") from None
         self._lines[key].append(line)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
@@ -290,7 +344,7 @@ class ProgramBuilder:
     def _flush(self, key) -> None:
         q = self._queues.get(key)
         if q:
-            self._blocks.setdefault(key, []).append(np.array(q, dtype=INSTR_DTYPE))
+            self._blocks.setdefault(key, []).append(np.frombuffer(b"".join(q), INSTR_DTYPE))
             q.clear()
 
     def build(self) -> Program:

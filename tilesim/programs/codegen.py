@@ -256,11 +256,21 @@ class Emitter:
 
     def vop(self, core, vop, src, dst, rows, cols, src_row, dst_row, dt, dt2=None, src2=0,
             src2_row=0, flags=0, imm=0.0, wait=(), signal=()):
-        self.emit(core, Engine.VECTOR, wait, signal, op=Op.VOP, vop=int(vop), src_addr=src,
-                  src2_addr=src2, dst_addr=dst, shape=(1, 1, rows, cols),
-                  src_stride=(0, 0, src_row, 0), dst_stride=(0, 0, dst_row, 0),
-                  src2_stride=src2_row, dtype=_code(dt), dtype2=_code(dt2 or dt),
-                  flags=int(flags), imm=float(imm))
+        engine = int(Engine.VECTOR)
+        wait, signal = self._sync(core, engine, wait, signal, False)
+        self.b.emit_vop(core, engine, wait, signal, int(vop), src, src2, dst, rows, cols,
+                        src_row, dst_row, src2_row, _code(dt), _code(dt2 or dt), int(flags),
+                        float(imm))
+        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
+
+    def array(self, core, op, src, dst, m, k, n, src_row, dst_row, dt, dt2=None, flags=0,
+              wait=(), signal=()):
+        """An LDW (``dst``, ``m``, ``dst_row`` 0, no ``dt2``) or an MM on the matrix engine."""
+        engine = int(Engine.MATRIX)
+        wait, signal = self._sync(core, engine, wait, signal, False)
+        self.b.emit_array(core, engine, wait, signal, int(op), src, dst, m, k, n, src_row,
+                          dst_row, _code(dt), _code(dt2) if dt2 else 0, int(flags))
+        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
 
 
 # ============================================================================================
@@ -1080,15 +1090,12 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             vsteps = ceil_div(vw, sa.cols)
             for t in range(vsteps):
                 nn = min(sa.cols, vw - t * sa.cols)
-                em.emit(core, Engine.MATRIX, [(sem["p"], p_need)] if t == 0 else [], [],
-                        op=Op.LDW, src_addr=vbuf[vslot] + nbytes(t * sa.cols, kvdt), k=nk,
-                        n=nn, src_stride=(0, 0, nbytes(sw if job.shared_kv else vw, kvdt), 0),
-                        dtype=_code(sa.weight_dtype))
-                em.emit(core, Engine.MATRIX, [], [sem["pv"]] if t == vsteps - 1 else [],
-                        op=Op.MM, src_addr=P, dst_addr=accb + nbytes(t * sa.cols, acc),
-                        m=rows, k=nk, n=nn, src_stride=(0, 0, rowP, 0),
-                        dst_stride=(0, 0, rowA, 0), dtype=_code(in_dt), dtype2=_code(acc),
-                        flags=0 if first else int(Flag.ACCUMULATE))
+                em.array(core, Op.LDW, vbuf[vslot] + nbytes(t * sa.cols, kvdt), 0, 0, nk, nn,
+                         nbytes(sw if job.shared_kv else vw, kvdt), 0, sa.weight_dtype,
+                         wait=[(sem["p"], p_need)] if t == 0 else [])
+                em.array(core, Op.MM, P, accb + nbytes(t * sa.cols, acc), rows, nk, nn, rowP,
+                         rowA, in_dt, acc, flags=0 if first else int(Flag.ACCUMULATE),
+                         signal=[sem["pv"]] if t == vsteps - 1 else [])
             cnt["pv"] += 1
 
         for u, ui in enumerate(run):
@@ -1162,17 +1169,13 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                     if t == 0:
                         w.append((sem["p"], cnt["p"] + 1 - len(Sb)) if cnt["p"] >= len(Sb)
                                  else None)
-                    em.emit(core, Engine.MATRIX, w, [], op=Op.LDW,
-                            src_addr=kbuf[slot] + nbytes(t * sa.rows, kvdt), k=kk, n=nk,
-                            src_stride=(0, 0, nbytes(sw, kvdt), 0), dtype=_code(sa.weight_dtype),
-                            flags=int(Flag.TRANSPOSE))
-                    em.emit(core, Engine.MATRIX,
-                            [(sem["qs"], cnt["qs"])] if t == 0 and ci == c_first else [],
-                            [sem["sc"]] if t == steps - 1 else [],    # (the scaled query is in)
-                            op=Op.MM, src_addr=qs + nbytes(t * sa.rows, in_dt), dst_addr=S,
-                            m=rows, k=kk, n=nk, src_stride=(0, 0, rowq, 0),
-                            dst_stride=(0, 0, rowS, 0), dtype=_code(in_dt), dtype2=_code(acc),
-                            flags=0 if t == 0 else int(Flag.ACCUMULATE))
+                    em.array(core, Op.LDW, kbuf[slot] + nbytes(t * sa.rows, kvdt), 0, 0, kk,
+                             nk, nbytes(sw, kvdt), 0, sa.weight_dtype, flags=Flag.TRANSPOSE,
+                             wait=w)
+                    em.array(core, Op.MM, qs + nbytes(t * sa.rows, in_dt), S, rows, kk, nk,
+                             rowq, rowS, in_dt, acc, flags=0 if t == 0 else Flag.ACCUMULATE,
+                             wait=[(sem["qs"], cnt["qs"])] if t == 0 and ci == c_first else [],
+                             signal=[sem["sc"]] if t == steps - 1 else [])  # (scaled query in)
                 cnt["sc"] += 1
                 if pending:
                     emit_pv(*pending)
