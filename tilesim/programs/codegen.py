@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -616,29 +617,39 @@ def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc,
     rows an ``ldw`` of the ``kt x wj`` tile at ``w_addr`` and an ``mm`` streaming ``rows`` rows
     of X (from K-offset ``a_k0`` of the block at ``a_addr``) into the accumulator. The first
     ldw waits on ``ldw_wait``, the first mm on ``mm_wait``; the first mm of a tile (``first``)
-    overwrites the accumulator, the rest accumulate; the last mm signals ``signal``."""
-    raw, t = _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt)
-    blk = np.frombuffer(bytearray(raw), INSTR_DTYPE)   # a fresh, writable copy (ndarray.copy
-                                                       # of this dtype goes field by field)
-    ldw, mm = blk[0::2], blk[1::2]
-    ldw["src_addr"] += w_addr
-    mm["src_addr"] = a_addr + ((a_k0 + t) * DTYPES[in_dt].bits + 7) // 8
-    mm["dst_addr"] = acc
+    overwrites the accumulator, the rest accumulate; the last mm signals ``signal``. Built by
+    patching the template's bytes (a matmul emits tens of thousands of chunks)."""
+    raw, ldw_src, mm_k = _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt)
+    buf = bytearray(raw)
+    size, bits = INSTR_DTYPE.itemsize, DTYPES[in_dt].bits
+    for j, (src, k) in enumerate(zip(ldw_src, mm_k)):
+        o = 2 * j * size
+        _Q.pack_into(buf, o + _F_SRC, src + w_addr)
+        _QQQ.pack_into(buf, o + size + _F_SRC, a_addr + ((a_k0 + k) * bits + 7) // 8, 0, acc)
     if first:
-        mm["flags"][0] = 0
-    for rec, waits in ((ldw, ldw_wait), (mm, mm_wait)):
+        buf[size + _F_FLAGS] = 0
+    for o, waits in ((0, ldw_wait), (size, mm_wait)):
         for i, (sem, count) in enumerate(waits):
-            rec["wait_sem"][0, i], rec["wait_count"][0, i] = sem, count
+            _I.pack_into(buf, o + _F_WAIT + 4 * i, sem)
+            _I.pack_into(buf, o + _F_COUNT + 4 * i, count)
     for i, sem in enumerate(signal):
-        mm["signal_sem"][-1, i] = sem
-    return blk
+        _I.pack_into(buf, len(buf) - size + _F_SIGNAL + 4 * i, sem)
+    return np.frombuffer(buf, INSTR_DTYPE)
+
+
+_Q, _QQQ, _I = struct.Struct("<q"), struct.Struct("<qqq"), struct.Struct("<i")
+_F_SRC, _F_FLAGS, _F_WAIT, _F_COUNT, _F_SIGNAL = (
+    INSTR_DTYPE.fields[f][1] for f in ("src_addr", "flags", "wait_sem", "wait_count",
+                                        "signal_sem"))
+assert INSTR_DTYPE.fields["dst_addr"][1] == _F_SRC + 16     # src, src2, dst: one <qqq
 
 
 @functools.lru_cache(maxsize=256)
 def _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt):
     """What :func:`_ldw_mm_run` emits for these sizes with every address 0, no waits and no
     signals, as bytes (copied and filled in per chunk: a matmul emits tens of thousands of
-    chunks of a handful of shapes), and the K offset of each step (elements)."""
+    chunks of a handful of shapes), each step's ldw source offset (bytes) and mm K offset
+    (elements)."""
     steps = ceil_div(kr, kt)
     t = np.arange(steps, dtype=np.int64) * kt
     kk = np.minimum(kt, kr - t)
@@ -655,8 +666,7 @@ def _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt):
     mm["dst_stride"][:, 2] = nbytes(wj, acc_dt)
     mm["dtype"], mm["dtype2"] = _code(in_dt), _code(acc_dt)
     mm["flags"] = int(Flag.ACCUMULATE)
-    t.setflags(write=False)
-    return blk.tobytes(), t
+    return blk.tobytes(), tuple(int(v) for v in ldw["src_addr"]), tuple(int(v) for v in t)
 
 
 # ============================================================================================
