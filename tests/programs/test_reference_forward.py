@@ -99,39 +99,55 @@ def test_prefill_cache_is_causal(spec, w):
         np.testing.assert_allclose(fv[:, :, :6], v, rtol=0, atol=1e-12)
 
 
-def masked_reference(spec, w, toks):
-    """All positions at once: a causal -inf mask, GQA by grouping query heads as
-    [B, KV, H/KV, S, hd], RoPE as multiplication of (x1 + i x2) by exp(i pos inv_freq)."""
-    B, S = toks.shape
-    H, KV, hd, eps = spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.norm_eps
-    G = H // KV
-    freq = spec.rope_theta ** (-np.arange(0, hd, 2) / hd)
-    rot = np.exp(1j * np.outer(np.arange(S), freq))                  # [S, hd/2]
+def _all_positions(spec, w, toks, attend):
+    """The frame both all-positions references share: RMSNorm as ``g x / sqrt(mean x^2 +
+    eps)``, a -inf causal mask, SwiGLU, the final norm and the LM head around ``attend(p, h,
+    norm, mask)``, which returns layer ``p``'s heads' output [B, S, width] before ``o``."""
+    S, eps = toks.shape[1], spec.norm_eps
 
     def norm(x, g):
         return g * x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
-
-    def rotate(x):                                                   # [..., S, hd]
-        z = (x[..., : hd // 2] + 1j * x[..., hd // 2:]) * rot
-        return np.concatenate([z.real, z.imag], -1)
 
     mask = np.triu(np.full((S, S), -np.inf), 1)
     x = w["embed"][toks]
     for i in range(spec.n_layers):
         p = f"layer{i}."
-        h = norm(x, w[p + "attn_norm"])
+        x = x + attend(p, norm(x, w[p + "attn_norm"]), norm, mask) @ w[p + "o"]
+        h = norm(x, w[p + "ffn_norm"])
+        g = h @ w[p + "gate"]
+        x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "up"])) @ w[p + "down"]
+    return norm(x, w["final_norm"]) @ w["lm_head"]                   # [B, S, V]
+
+
+def _complex_rope(S: int, width: int, theta: float):
+    """RoPE over ``width`` columns at positions 0..S-1 as multiplication of (x1 + i x2) by
+    exp(i pos inv_freq)."""
+    rot = np.exp(1j * np.outer(np.arange(S), theta ** (-np.arange(0, width, 2) / width)))
+
+    def rotate(x):                                                   # [..., S, width]
+        z = (x[..., : width // 2] + 1j * x[..., width // 2:]) * rot
+        return np.concatenate([z.real, z.imag], -1)
+    return rotate
+
+
+def masked_reference(spec, w, toks):
+    """All positions at once: a causal -inf mask, GQA by grouping query heads as
+    [B, KV, H/KV, S, hd], RoPE as multiplication of (x1 + i x2) by exp(i pos inv_freq)."""
+    B, S = toks.shape
+    H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    G = H // KV
+    rotate = _complex_rope(S, hd, spec.rope_theta)
+
+    def attend(p, h, norm, mask):
         q = rotate((h @ w[p + "q"]).reshape(B, S, KV, G, hd).transpose(0, 2, 3, 1, 4))
         k = rotate((h @ w[p + "k"]).reshape(B, S, KV, 1, hd).transpose(0, 2, 3, 1, 4))
         v = (h @ w[p + "v"]).reshape(B, S, KV, 1, hd).transpose(0, 2, 3, 1, 4)
         s = np.einsum("bkgqd,bkgtd->bkgqt", q, np.broadcast_to(k, q.shape)) / np.sqrt(hd) + mask
         a = np.exp(s - s.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
-        o = np.einsum("bkgqt,bkgtd->bqkgd", a, np.broadcast_to(v, q.shape)).reshape(B, S, H * hd)
-        x = x + o @ w[p + "o"]
-        h = norm(x, w[p + "ffn_norm"])
-        g = h @ w[p + "gate"]
-        x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "up"])) @ w[p + "down"]
-    return norm(x, w["final_norm"]) @ w["lm_head"]                   # [B, S, V]
+        return np.einsum("bkgqt,bkgtd->bqkgd", a, np.broadcast_to(v, q.shape)).reshape(
+            B, S, H * hd)
+    return _all_positions(spec, w, toks, attend)
 
 
 @pytest.mark.parametrize("batch,length", [(1, 1), (2, 9), (3, 30)])
@@ -217,22 +233,11 @@ def absorbed_mla_reference(spec, w, toks):
     weighted latent goes through v_up[h]; no per-head key or value is ever formed. RoPE by
     complex rotation, a -inf causal mask."""
     B, S = toks.shape
-    H, r, eps = spec.n_heads, spec.kv_lora_rank, spec.norm_eps
+    H, r = spec.n_heads, spec.kv_lora_rank
     nope, rp, vd = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
-    rot = np.exp(1j * np.outer(np.arange(S), spec.rope_theta ** (-np.arange(0, rp, 2) / rp)))
+    rotate = _complex_rope(S, rp, spec.rope_theta)
 
-    def norm(x, g):
-        return g * x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
-
-    def rotate(x):                                                   # [..., S, rope]
-        z = (x[..., : rp // 2] + 1j * x[..., rp // 2:]) * rot
-        return np.concatenate([z.real, z.imag], -1)
-
-    mask = np.triu(np.full((S, S), -np.inf), 1)
-    x = w["embed"][toks]
-    for i in range(spec.n_layers):
-        p = f"layer{i}."
-        h = norm(x, w[p + "attn_norm"])
+    def attend(p, h, norm, mask):
         q = (norm(h @ w[p + "q_a"], w[p + "q_a_norm"]) @ w[p + "q_b"]).reshape(B, S, H, nope + rp)
         q_lat = np.einsum("bshn,hnr->bhsr", q[..., :nope], w[p + "k_up"])
         q_pe = rotate(q[..., nope:].transpose(0, 2, 1, 3))           # [B, H, S, rope]
@@ -243,11 +248,8 @@ def absorbed_mla_reference(spec, w, toks):
         a = np.exp(s / np.sqrt(nope + rp) + mask)
         a /= a.sum(-1, keepdims=True)
         o = np.einsum("bhrv,bhqr->bqhv", w[p + "v_up"][None], np.einsum("bhqt,btr->bhqr", a, c))
-        x = x + o.reshape(B, S, H * vd) @ w[p + "o"]
-        h = norm(x, w[p + "ffn_norm"])
-        g = h @ w[p + "gate"]
-        x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "up"])) @ w[p + "down"]
-    return norm(x, w["final_norm"]) @ w["lm_head"]                   # [B, S, V]
+        return o.reshape(B, S, H * vd)
+    return _all_positions(spec, w, toks, attend)
 
 
 @pytest.mark.parametrize("batch,length", [(1, 1), (2, 9), (3, 21)])

@@ -190,23 +190,23 @@ class Emitter:
             self.done_count += 1
         return wait, signal
 
-    def emit(self, core: int, engine: int, wait=(), signal=(), final: bool = False, **f):
-        wait, signal = self._sync(core, engine, wait, signal, final)
-        self._raw(core, engine, wait, signal, **f)
+    def _tag(self, core: int, engine: int, n: int = 1) -> None:
+        """The next ``n`` instructions of queue (core, engine) belong to the current op."""
+        self.tags.setdefault((core, int(engine)), []).extend([len(self.ops) - 1] * n)
 
     def emit_block(self, core: int, engine: int, block: np.ndarray) -> None:
-        """Append INSTR_DTYPE records built as columns, with the op barrier as :meth:`emit`
+        """Append INSTR_DTYPE records built as columns, with the op barrier as :meth:`_sync`
         adds it (into the first record's free wait slot, or a NOP before it)."""
         used = int((block["wait_sem"][0] != NO_SEM).sum())
         bar = self._barrier(core, engine, used)
         if bar is not None:
             block["wait_sem"][0, used], block["wait_count"][0, used] = bar
         self.b.emit_block(core, engine, block)
-        self.tags.setdefault((core, int(engine)), []).extend([len(self.ops) - 1] * len(block))
+        self._tag(core, engine, len(block))
 
     def _raw(self, core, engine, wait, signal, **f):
         self.b.emit(core, engine, wait=wait, signal=signal, **f)
-        self.tags.setdefault((core, int(engine)), []).append(len(self.ops) - 1)
+        self._tag(core, engine)
 
     def alloc(self, core: int, nbytes_: int) -> int:
         a = self.sram_top[core]
@@ -246,14 +246,14 @@ class Emitter:
 
     def _move(self, op, core, dma, src, dst, rows, cols, src_row, dst_row, dt, wait, signal,
               heads, src_head, dst_head, final, dst_core=-1, mc_count=0, mc_stride=0):
-        """:meth:`emit` of one DMA descriptor, by the builder's direct path."""
+        """One DMA descriptor, by the builder's direct path (emit_dma)."""
         e = _eb(dt)
         engine = int(Engine.DMA) + dma
         wait, signal = self._sync(core, engine, wait, signal, final)
         self.b.emit_dma(core, engine, wait, signal, int(op), src, dst, (1, heads, rows, cols),
                         (0, src_head, src_row, e), (0, dst_head, dst_row, e), _code(dt),
                         dst_core, mc_count, mc_stride)
-        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
+        self._tag(core, engine)
 
     def vop(self, core, vop, src, dst, rows, cols, src_row, dst_row, dt, dt2=None, src2=0,
             src2_row=0, flags=0, imm=0.0, wait=(), signal=()):
@@ -262,7 +262,7 @@ class Emitter:
         self.b.emit_vop(core, engine, wait, signal, int(vop), src, src2, dst, rows, cols,
                         src_row, dst_row, src2_row, _code(dt), _code(dt2 or dt), int(flags),
                         float(imm))
-        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
+        self._tag(core, engine)
 
     def array(self, core, op, src, dst, m, k, n, src_row, dst_row, dt, dt2=None, flags=0,
               wait=(), signal=()):
@@ -271,7 +271,7 @@ class Emitter:
         wait, signal = self._sync(core, engine, wait, signal, False)
         self.b.emit_array(core, engine, wait, signal, int(op), src, dst, m, k, n, src_row,
                           dst_row, _code(dt), _code(dt2) if dt2 else 0, int(flags))
-        self.tags.setdefault((core, engine), []).append(len(self.ops) - 1)
+        self._tag(core, engine)
 
 
 # ============================================================================================
