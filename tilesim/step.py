@@ -16,6 +16,7 @@ depend on how many.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -122,6 +123,8 @@ class Result:
         out = {
             "config": self.chip.name, "model": self.spec.name, "phase": self.phase,
             "batch": self.batch, "context": self.context,
+            "weight_dtype": self.spec.weight_dtype, "act_dtype": self.spec.act_dtype,
+            "kv_dtype": self.spec.kv_dtype,
             "cycles": self.cycles, "seconds": s,
             "tokens_per_s": self.tokens / s if s else 0.0,
             "macs": macs, "model_macs": self.spec.macs(self.phase, self.batch, self.context),
@@ -195,7 +198,8 @@ def check_capacity(cfg, spec, phase: str, batch: int, context: int,
 
 def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 1024, *,
              all_layers: bool = False, ignore_capacity: bool = False, progress=None,
-             weight_dtype: str | None = None, validate: bool = False,
+             weight_dtype: str | None = None, kv_dtype: str | None = None,
+             validate: bool = False,
              workers: int | None = None) -> Result:
     """Simulate one forward step of ``model`` on ``chip``; see the module docstring.
 
@@ -204,13 +208,17 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     ``progress(done, total, label)`` called after each program, in the order they finish (from
     a helper thread, one call at a time, when several processes run them).
     workers: processes to run the ops in (default: one per CPU, see ``_workers``); the
-    results are the same for any number."""
+    results are the same for any number. weight_dtype, kv_dtype: the model's weights and KV
+    cache in these types instead (MODEL_DTYPES; a preset's are bf16)."""
     from tilesim.programs import graph, models
 
     t0 = time.perf_counter()
     cfg = chip if isinstance(chip, config_mod.ChipConfig) else config_mod.load(chip)
-    spec = model if isinstance(model, models.ModelSpec) else models.resolve_model(
-        model, **({"weight_dtype": weight_dtype} if weight_dtype else {}))
+    dtypes = {k: v for k, v in (("weight_dtype", weight_dtype), ("kv_dtype", kv_dtype)) if v}
+    if isinstance(model, models.ModelSpec):
+        spec = dataclasses.replace(model, **dtypes) if dtypes else model
+    else:
+        spec = models.resolve_model(model, **dtypes)
     if phase not in PHASES:
         raise InputError(f"phase {phase!r}: allowed: prefill, decode")
     if not isinstance(batch, int) or batch < 1:

@@ -28,6 +28,8 @@ Conventions the compiler shares:
   ``pos_embed`` [max_context, d] added to the token rows instead of RoPE; a tied LM head
   (``embed.T``); a sliding window keeps a query's last ``sliding_window`` keys.
 - The KV cache is a list over layers of ``(K, V)``, each ``[B, KV, S, hd]``, K after RoPE.
+  With ``kv_round`` (a function of an array), the new keys and values are stored rounded by
+  it (a cache in a narrower type than the activations, e.g. fp8) and attention reads them so.
 - MLA (``kv_lora_rank`` r > 0; nope, rope, v the per-head widths, ``q_lora_rank`` ql), computed
   the plain way, *not* weight-absorbed as the compiler runs it: ``q = rms(h @ q_a, q_a_norm)
   @ q_b`` ([ql, H*(nope+rope)], head h's columns ``[nope | rope]``), RoPE on each head's rope
@@ -204,7 +206,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
-                    counter: MacCounter | None = None):
+                    counter: MacCounter | None = None, kv_round=None):
     """Run the prompt ``tokens[B, S]``; return (logits ``[B, V]`` of the last position,
     the KV cache of the S positions)."""
     _check_supported(spec)
@@ -213,11 +215,11 @@ def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
     if not 1 <= S <= spec.max_context:
         raise ValueError(f"prompt length {S} is not allowed (1 to {spec.max_context})")
     x = _embed(spec, w, tokens, np.arange(S))                       # [B, S, d]
-    return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter())
+    return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter(), kv_round)
 
 
 def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_tokens,
-                   position: int, counter: MacCounter | None = None):
+                   position: int, counter: MacCounter | None = None, kv_round=None):
     """One new token per sequence, ``new_tokens[B]``, at ``position`` = S, the number of cached
     positions; return (logits ``[B, V]``, the cache extended to S + 1). The input cache is not
     modified."""
@@ -231,7 +233,7 @@ def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_toke
     if position + 1 > spec.max_context:
         raise ValueError(f"position {position} is past max_context {spec.max_context}")
     x = _embed(spec, w, new_tokens[:, None], np.array([position]))  # [B, 1, d]
-    return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter())
+    return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter(), kv_round)
 
 
 def _embed(spec, w, tokens, positions):
@@ -240,16 +242,18 @@ def _embed(spec, w, tokens, positions):
     return x + w["pos_embed"][positions] if spec.rope_theta == 0 else x
 
 
-def _forward(spec, w, x, cache, start, counter):
+def _forward(spec, w, x, cache, start, counter, kv_round=None):
     """Run ``x[B, T, d]`` (positions start .. start+T-1) through the blocks after ``cache``
-    (per layer the ``start`` earlier positions' cache, or None when start == 0)."""
+    (per layer the ``start`` earlier positions' cache, or None when start == 0); new cache
+    rows pass through ``kv_round`` when given."""
+    kv_round = kv_round or (lambda a: a)
     positions = np.arange(start, start + x.shape[1])
     attend = _mla if spec.attention == "mla" else _mha
     new_cache = []
     for i in range(spec.n_layers):
         p = f"layer{i}."
         h = norm(spec, w, p + "attn_norm", x)
-        attn, layer_cache = attend(spec, w, p, h, cache[i], positions, counter)
+        attn, layer_cache = attend(spec, w, p, h, cache[i], positions, counter, kv_round)
         new_cache.append(layer_cache)
         x = x + linear(counter, attn, w, p + "o", "attn_proj")
         h = norm(spec, w, p + "ffn_norm", x)
@@ -264,7 +268,7 @@ def _forward(spec, w, x, cache, start, counter):
     return counter.mm(last, head, "lm_head", "lm_head"), new_cache
 
 
-def _mha(spec, w, p, h, cache, positions, counter):
+def _mha(spec, w, p, h, cache, positions, counter, kv_round):
     """MHA/GQA/MQA of the normed ``h[B, T, d]``: (heads' outputs [B, T, H*hd], (K, V))."""
     B, T, _ = h.shape
     H, KV, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -273,6 +277,7 @@ def _mha(spec, w, p, h, cache, positions, counter):
     v = linear(counter, h, w, p + "v", "attn_proj").reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
     if spec.rope_theta:
         q, k = rope(q, positions, spec.rope_theta), rope(k, positions, spec.rope_theta)
+    k, v = kv_round(k), kv_round(v)
     if cache is not None:
         k = np.concatenate([cache[0], k], axis=2)
         v = np.concatenate([cache[1], v], axis=2)
@@ -282,7 +287,7 @@ def _mha(spec, w, p, h, cache, positions, counter):
     return out.transpose(0, 2, 1, 3).reshape(B, T, H * hd), (k, v)
 
 
-def _mla(spec, w, p, h, cache, positions, counter):
+def _mla(spec, w, p, h, cache, positions, counter, kv_round):
     """MLA of the normed ``h[B, T, d]`` in its plain (not absorbed) form (module doc):
     (heads' outputs [B, T, H*v], (latent, None))."""
     B, T, _ = h.shape
@@ -296,7 +301,7 @@ def _mla(spec, w, p, h, cache, positions, counter):
     kv = counter.mm(h, w[p + "kv_a"], "attn_proj", p + "kv_a")         # [B, T, r+rope]
     c = rms_norm(kv[..., :r], w[p + "kv_a_norm"], spec.norm_eps)
     k_pe = rope(kv[:, None, :, r:], positions, spec.rope_theta)      # [B, 1, T, rope]
-    latent = np.concatenate([c[:, None], k_pe], axis=-1)              # [B, 1, T, r+rope]
+    latent = kv_round(np.concatenate([c[:, None], k_pe], axis=-1))    # [B, 1, T, r+rope]
     if cache is not None:
         latent = np.concatenate([cache[0], latent], axis=2)
     c_all, pe_all = latent[:, 0, :, :r], latent[:, :, :, r:]          # [B, S, r], [B, 1, S, rope]

@@ -957,11 +957,22 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     loaded in batches into its key/value slots, free by then (_merge_runs).
 
     The new key and value rows are first copied into the cache, in blocks spread over all
-    cores (like vLLM's separate cache-write kernel); a chunk holding any of them waits for
-    every block's store, on whichever core it runs."""
+    cores (like vLLM's separate cache-write kernel), converted to the cache's type ``kvdt``
+    on the way; a chunk holding any of them waits for every block's store, on whichever core
+    it runs.
+
+    *Types.* A cache whose type is not the arrays' weight type (an fp8 cache on bf16 arrays)
+    is loaded into raw slots and converted on the vector engine, a chunk ahead: its keys
+    before the previous chunk's softmax, its values after that softmax's P (so the score
+    product never waits behind a softmax, and the values' conversion behind the previous
+    P.V). Queries in another type than the arrays' input type are converted by the scaling
+    multiply."""
     cfg = em.cfg
     sa = cfg.cores.systolic
     in_dt, acc = sa.input_dtype, sa.acc_dtype
+    kar = sa.weight_dtype           # the K/V slots the arrays read
+    conv_kv = kvdt != kar           # the cache's chunks land in raw slots and are converted
+    conv_q = act != in_dt           # the query is staged in act and converted by its scaling
     f32 = "fp32"
     g = job.q_heads // job.kv_heads
     sw, vw = job.score_width, job.value_width
@@ -971,10 +982,21 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     # chunk's scores be computed while the vector engine works on the previous chunk's softmax
     # (decode's units, a few chunks each, keep one)
     two = job.queries > 1
-    per_row = (nbytes(sw, in_dt) + (3 if two else 2) * nbytes(ck, f32)
+    per_row = (nbytes(sw, in_dt) + (nbytes(sw, act) if conv_q else 0)
+               + (3 if two else 2) * nbytes(ck, f32)
                + (2 if two else 1) * nbytes(ck, in_dt) + nbytes(vw, acc)
                + nbytes(vw, act) + 5 * 4)
-    fixed = 2 * nbytes(ck * sw, kvdt) + (0 if job.shared_kv else 2 * nbytes(ck * vw, kvdt))
+
+    def slots(dt: str, aligned=align) -> int:
+        """Two K/V slots (one region: K's, then V's) of ``dt``."""
+        return 2 * aligned(nbytes(ck * sw, dt)) + (0 if job.shared_kv
+                                                   else 2 * aligned(nbytes(ck * vw, dt)))
+
+    # the K/V slots, then raw ones when the cache's type is converted: free once a run's last
+    # chunk is used, where a merge whose partials do not fit the free SRAM at once streams
+    # them (_merge_runs)
+    kv_slots = slots(kar) + (slots(kvdt) if conv_kv else 0)
+    fixed = slots(kar, int) + (slots(kvdt, int) if conv_kv else 0)
     stage_rows = min(64, job.queries)
     # decode appends one row per sequence and kv head: a block then takes the rows of up to
     # seq_block sequences (one strided copy, at most 16 KiB) instead of one row each, which
@@ -983,6 +1005,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                                                      16384 // nbytes(max(sw, vw), act)))
     stage = max(stage_rows, seq_block)          # rows of the append's stage buffer
     fixed += nbytes(stage * max(sw, vw), act) + 20 * ALIGN
+    if kvdt != act:                 # the append's rows converted to the cache's type
+        fixed += nbytes(stage * max(sw, vw), kvdt)
     r_max = (em.sram_size - fixed) // per_row
     if r_max < 1:
         raise InputError(f"{cfg.name}: attention {job.name} needs more than "
@@ -1013,10 +1037,6 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     chunk_kv = nbytes(ck * sw, kvdt) + (0 if job.shared_kv else nbytes(ck * vw, kvdt))
     min_run = max(SPLIT_MIN_CHUNKS, math.ceil(2 * (one + nbytes(2 * R, f32))
                                               / (SPLIT_PARTIAL_SHARE * chunk_kv)))
-    # the K/V slots, free once a run's last chunk is used: where a merge whose partials do
-    # not fit the free SRAM at once streams them (_merge_runs)
-    kv_slots = 2 * align(nbytes(ck * sw, kvdt)) + (0 if job.shared_kv
-                                                   else 2 * align(nbytes(ck * vw, kvdt)))
 
     def merge_fits(p: int) -> bool:
         """The partials of p runs fit the free SRAM at once."""
@@ -1060,14 +1080,19 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     for core, run in enumerate(split(len(units), em.cores)):
         if len(append_runs[core]):
             _append_rows(em, core, [appends[i] for i in append_runs[core]], job, stage, act,
-                         appended)
+                         kvdt, appended)
         if not len(run):
             continue
         assert n_partial == 0 or len(run) == 1    # a split leaves one unit per core
         qs = em.alloc(core, nbytes(R * sw, in_dt))
-        kbuf = [em.alloc(core, nbytes(ck * sw, kvdt)) for _ in (0, 1)]
-        vbuf = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] if not job.shared_kv \
+        kbuf = [em.alloc(core, nbytes(ck * sw, kar)) for _ in (0, 1)]
+        vbuf = [em.alloc(core, nbytes(ck * vw, kar)) for _ in (0, 1)] if not job.shared_kv \
             else kbuf
+        kraw, vraw = kbuf, vbuf
+        if conv_kv:
+            kraw = [em.alloc(core, nbytes(ck * sw, kvdt)) for _ in (0, 1)]
+            vraw = [em.alloc(core, nbytes(ck * vw, kvdt)) for _ in (0, 1)] \
+                if not job.shared_kv else kraw
         assert em.sram_top[core] - kbuf[0] == kv_slots      # one region, for _merge_runs
         Sb = [em.alloc(core, nbytes(R * ck, f32)) for _ in range(1 + two)]
         Pb = [em.alloc(core, nbytes(R * ck, in_dt)) for _ in range(1 + two)]
@@ -1082,73 +1107,122 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         # a second query slot where the SRAM has room: the next unit's query then loads
         # while this one computes (decode: one chunk per unit at short contexts, so a
         # query load each unit would otherwise add its whole latency)
-        qsb = [qs] + ([em.alloc(core, nbytes(R * sw, in_dt))] if len(run) > 1 and
-                      em.sram_top[core] + align(nbytes(R * sw, in_dt)) <= em.sram_size else [])
+        qa_bytes = nbytes(R * sw, act) if conv_q else 0
+        qsb = [(qs, em.alloc(core, qa_bytes) if conv_q else qs)]
+        if len(run) > 1 and (em.sram_top[core] + align(nbytes(R * sw, in_dt))
+                             + (align(qa_bytes) if conv_q else 0) <= em.sram_size):
+            q2 = em.alloc(core, nbytes(R * sw, in_dt))
+            qsb.append((q2, em.alloc(core, qa_bytes) if conv_q else q2))
         q_free: list = [None] * len(qsb)       # what a query slot's next load waits for
         sem = {n: em.sem(f"c{core}.{n}") for n in
                ("q0", "q1", "qs", "full0", "full1", "sc", "p", "pv", "o", "st", "mk",
                 "mkf", "pl")}
+        if conv_kv:     # chunks' keys (values) converted into their slots
+            sem.update({n: em.sem(f"c{core}.{n}") for n in ("ck", "cv")})
         cnt = dict.fromkeys(sem, 0)
         chunk_no = 0
-        rowq = nbytes(sw, in_dt)
+        rowq, rowqa = nbytes(sw, in_dt), nbytes(sw, act)
         rowS, rowP, rowA = nbytes(ck, f32), nbytes(ck, in_dt), nbytes(vw, acc)
         pending = None      # with two buffers, the previous chunk's P.V: after these scores
 
-        def emit_pv(vslot, rows, nk, first, P, p_need):
+        def emit_pv(j, rows, nk, first, P, p_need):
             """acc[rows x vw] (+)= P . V over value-width steps of the array columns, once the
-            p semaphore reaches ``p_need`` (P is in)."""
+            p semaphore reaches ``p_need`` (P is in) and chunk j's values are converted."""
             vsteps = ceil_div(vw, sa.cols)
+            vin = [(sem["cv"], j + 1)] if conv_kv and not job.shared_kv else []
             for t in range(vsteps):
                 nn = min(sa.cols, vw - t * sa.cols)
-                em.array(core, Op.LDW, vbuf[vslot] + nbytes(t * sa.cols, kvdt), 0, 0, nk, nn,
-                         nbytes(sw if job.shared_kv else vw, kvdt), 0, sa.weight_dtype,
-                         wait=[(sem["p"], p_need)] if t == 0 else [])
+                em.array(core, Op.LDW, vbuf[j % 2] + nbytes(t * sa.cols, kar), 0, 0, nk, nn,
+                         nbytes(sw if job.shared_kv else vw, kar), 0, kar,
+                         wait=[(sem["p"], p_need)] + vin if t == 0 else [])
                 em.array(core, Op.MM, P, accb + nbytes(t * sa.cols, acc), rows, nk, nn, rowP,
                          rowA, in_dt, acc, flags=0 if first else int(Flag.ACCUMULATE),
                          signal=[sem["pv"]] if t == vsteps - 1 else [])
             cnt["pv"] += 1
 
+        # the core's chunks in order, (unit, first chunk of it, keys from, keys, cache row)
+        flat = []
+        for u, ui in enumerate(run):
+            b, h, hg, qi, part, n_parts = units[ui]
+            lo, hi, n_ch = spans[qi]
+            c_first, c_end = _shares(n_ch, n_parts)[part] if n_ch else (0, 0)
+            for ci in range(c_first, c_end):
+                k0 = lo + ci * ck
+                flat.append((u, ci == c_first, k0, min(ck, hi - k0),
+                             (b * job.kv_heads + h) * job.positions + k0))
+        ready: dict = {}        # chunk -> the (semaphore, count) its score product waits for
+
+        def fetch(j: int) -> None:
+            """Load chunk j's keys and values into slot j % 2 (raw slots when converted, then
+            its keys' conversion; the values' is emitted by convert_values)."""
+            _, _, k0, nk, base = flat[j]
+            slot = j % 2
+            dma = slot % max(1, em.dma)
+            free = (sem["ck"] if conv_kv else sem["pv"], j - 1) if j >= 2 else None
+            # a chunk holding appended rows waits for every append (made by any core)
+            waits = [free, (appended, n_app) if n_app and k0 + nk > job.start else None]
+            em.load(core, dma, job.cache_k.at(base), kraw[slot], nk, sw,
+                    job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
+                    signal=[sem[f"full{slot}"]])
+            nfill = 1
+            if not job.shared_kv:
+                em.load(core, dma, job.cache_v.at(base), vraw[slot], nk, vw,
+                        job.cache_v.row_bytes, nbytes(vw, kvdt), kvdt,
+                        wait=[(sem["cv"], j - 1) if conv_kv and j >= 2 else None],
+                        signal=[sem[f"full{slot}"]])
+                nfill = 2
+            cnt[f"full{slot}"] += nfill
+            if not conv_kv:
+                ready[j] = (sem[f"full{slot}"], cnt[f"full{slot}"])
+                return
+            # the keys' slot is free once chunk j - 2's score product has read it (and its P.V,
+            # when the values are the keys)
+            em.vop(core, VecOp.CONVERT, kraw[slot], kbuf[slot], nk, sw, nbytes(sw, kvdt),
+                   nbytes(sw, kar), kvdt, kar,
+                   wait=[(sem[f"full{slot}"], cnt[f"full{slot}"]),
+                         (sem["pv" if job.shared_kv else "sc"], j - 1) if j >= 2 else None],
+                   signal=[sem["ck"]])
+            ready[j] = (sem["ck"], j + 1)
+
+        def convert_values(j: int) -> None:
+            """Chunk j's values into their slot, once chunk j - 2's P.V has read it."""
+            if conv_kv and not job.shared_kv and j < len(flat):
+                slot = j % 2
+                em.vop(core, VecOp.CONVERT, vraw[slot], vbuf[slot], flat[j][3], vw,
+                       nbytes(vw, kvdt), nbytes(vw, kar), kvdt, kar,
+                       wait=[(sem["pv"], j - 1) if j >= 2 else None], signal=[sem["cv"]])
+
         for u, ui in enumerate(run):
             b, h, hg, qi, part, n_parts = units[ui]
             qslot = u % len(qsb)
-            qs, qsem = qsb[qslot], f"q{qslot}"
+            (qs, qa), qsem = qsb[qslot], f"q{qslot}"
             q0 = qi * qb
             nq = min(qb, job.queries - q0)
             h0, h1 = heads[hg]                  # query heads h0..h1-1 of kv head h
             nh = h1 - h0
             rows = nh * nq
-            # the query block: nh heads x nq queries, scaled by 1/sqrt(d)
+            # the query block: nh heads x nq queries, scaled by 1/sqrt(d) (and converted)
             qsrc = job.q.at(b * job.queries + q0, (h * g + h0) * sw)
-            em.load(core, 0, qsrc, qs, nq, sw, qrow_bytes, rowq, act, heads=nh,
-                    src_head=nbytes(sw, act), dst_head=nq * rowq,
+            em.load(core, 0, qsrc, qa, nq, sw, qrow_bytes, rowqa, act, heads=nh,
+                    src_head=nbytes(sw, act), dst_head=nq * rowqa,
                     wait=[q_free[qslot]], signal=[sem[qsem]])
             cnt[qsem] += 1
-            em.vop(core, VecOp.MUL, qs, qs, rows, sw, rowq, rowq, in_dt, flags=Flag.BCAST_IMM,
-                   imm=scale, wait=[(sem[qsem], cnt[qsem])], signal=[sem["qs"]])
+            em.vop(core, VecOp.MUL, qa, qs, rows, sw, rowqa, rowq, act, in_dt if conv_q else None,
+                   flags=Flag.BCAST_IMM, imm=scale, wait=[(sem[qsem], cnt[qsem])],
+                   signal=[sem["qs"]])
             cnt["qs"] += 1
             # keys this block (this run of it) can see, one chunk at a time (the cache must
             # hold the appended rows first)
             lo, hi, n_ch = spans[qi]
             c_first, c_end = _shares(n_ch, n_parts)[part] if n_ch else (0, 0)
             for ci in range(c_first, c_end):
-                k0 = lo + ci * ck
-                nk = min(ck, hi - k0)
+                _, _, k0, nk, _ = flat[chunk_no]
                 slot = chunk_no % 2
                 dma = slot % max(1, em.dma)
-                base = (b * job.kv_heads + h) * job.positions + k0
-                # a chunk holding appended rows waits for every append (made by any core)
-                waits = [(sem["pv"], chunk_no - 1) if chunk_no >= 2 else None,
-                         (appended, n_app) if n_app and k0 + nk > job.start else None]
-                em.load(core, dma, job.cache_k.at(base), kbuf[slot], nk, sw,
-                        job.cache_k.row_bytes, nbytes(sw, kvdt), kvdt, wait=waits,
-                        signal=[sem[f"full{slot}"]])
-                nfill = 1
-                if not job.shared_kv:
-                    em.load(core, dma, job.cache_v.at(base), vbuf[slot], nk, vw,
-                            job.cache_v.row_bytes, nbytes(vw, kvdt), kvdt,
-                            signal=[sem[f"full{slot}"]])
-                    nfill = 2
-                cnt[f"full{slot}"] += nfill
+                if not conv_kv or chunk_no == 0:   # converted chunks are fetched a chunk ahead
+                    fetch(chunk_no)
+                    if chunk_no == 0:
+                        convert_values(0)
                 # causal mask for chunks that cross the diagonal
                 need_mask = job.causal and k0 + nk - 1 > job.start + q0
                 if job.window:
@@ -1175,13 +1249,12 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 steps = ceil_div(sw, sa.rows)
                 for t in range(steps):
                     kk = min(sa.rows, sw - t * sa.rows)
-                    w = [(sem[f"full{slot}"], cnt[f"full{slot}"])] if t == 0 else []
+                    w = [ready[chunk_no]] if t == 0 else []
                     if t == 0:
                         w.append((sem["p"], cnt["p"] + 1 - len(Sb)) if cnt["p"] >= len(Sb)
                                  else None)
-                    em.array(core, Op.LDW, kbuf[slot] + nbytes(t * sa.rows, kvdt), 0, 0, kk,
-                             nk, nbytes(sw, kvdt), 0, sa.weight_dtype, flags=Flag.TRANSPOSE,
-                             wait=w)
+                    em.array(core, Op.LDW, kbuf[slot] + nbytes(t * sa.rows, kar), 0, 0, kk,
+                             nk, nbytes(sw, kar), 0, kar, flags=Flag.TRANSPOSE, wait=w)
                     em.array(core, Op.MM, qs + nbytes(t * sa.rows, in_dt), S, rows, kk, nk,
                              rowq, rowS, in_dt, acc, flags=0 if t == 0 else Flag.ACCUMULATE,
                              wait=[(sem["qs"], cnt["qs"])] if t == 0 and ci == c_first else [],
@@ -1190,6 +1263,8 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                 if pending:
                     emit_pv(*pending)
                     pending = None
+                if conv_kv and chunk_no + 1 < len(flat):
+                    fetch(chunk_no + 1)         # its keys convert before this softmax
                 first = ci == c_first
                 cur, prev = m[chunk_no % 2], m[(chunk_no + 1) % 2]
                 vw_ = [(sem["sc"], cnt["sc"])]
@@ -1220,10 +1295,11 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                        wait=[(sem["pv"], chunk_no - 1) if two and chunk_no >= 2 else None],
                        signal=[sem["p"]])
                 cnt["p"] += 1
+                convert_values(chunk_no + 1)    # (after this P: its P.V comes first)
                 if two:
-                    pending = (slot, rows, nk, first, P, cnt["p"])
+                    pending = (chunk_no, rows, nk, first, P, cnt["p"])
                 else:
-                    emit_pv(slot, rows, nk, first, P, cnt["p"])
+                    emit_pv(chunk_no, rows, nk, first, P, cnt["p"])
                 chunk_no += 1
             if pending:
                 emit_pv(*pending)
@@ -1260,24 +1336,36 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             cnt["st"] += 1
 
 
-def _append_rows(em, core, blocks, job, stage_rows, act, appended) -> None:
+def _append_rows(em, core, blocks, job, stage_rows, act, kvdt, appended) -> None:
     """Copy ``blocks`` (first sequence, sequences, kv head, (new rows, cache, width), first
     row) of the new keys/values into the cache through one stage buffer of ``stage_rows``
-    rows (sequences x rows); each store signals ``appended``. The stores are not the op's
-    final ones: a chunk that reads the rows waits for all of them, and feeds one."""
+    rows (sequences x rows), converted from ``act`` to the cache's ``kvdt`` in a second one
+    when they differ; each store signals ``appended``. The stores are not the op's final
+    ones: a chunk that reads the rows waits for all of them, and feeds one."""
     stage_width = max(pair[2] for _, _, _, pair, _ in blocks)
     stage = em.alloc(core, nbytes(stage_rows * stage_width, act))
     ld, st = em.sem(f"c{core}.app"), em.sem(f"c{core}.appst")
+    conv = kvdt != act
+    if conv:
+        stage_kv = em.alloc(core, nbytes(stage_rows * stage_width, kvdt))
+        cv = em.sem(f"c{core}.appcv")
     for n, (b, nb, h, (t_new, cache, width), a0) in enumerate(blocks):
         na = min(stage_rows // nb, job.queries - a0)
         rowb = nbytes(width, act)
+        # the stage is free once its rows are stored (converted, when they are)
         em.load(core, 0, t_new.at(b * job.queries + a0, h * width), stage, na, width,
-                t_new.row_bytes, rowb, act, wait=[(st, n) if n else None], signal=[ld],
-                heads=nb, src_head=job.queries * t_new.row_bytes, dst_head=na * rowb)
-        em.store(core, em.dma - 1, stage, cache.at((b * job.kv_heads + h) * job.positions
-                                                   + job.start + a0),
-                 na, width, rowb, cache.row_bytes, act, wait=[(ld, n + 1)],
-                 signal=[st, appended], final=False, heads=nb, src_head=na * rowb,
+                t_new.row_bytes, rowb, act, wait=[(cv if conv else st, n) if n else None],
+                signal=[ld], heads=nb, src_head=job.queries * t_new.row_bytes,
+                dst_head=na * rowb)
+        src, rowk, ready = stage, rowb, (ld, n + 1)
+        if conv:
+            src, rowk, ready = stage_kv, nbytes(width, kvdt), (cv, n + 1)
+            em.vop(core, VecOp.CONVERT, stage, stage_kv, nb * na, width, rowb, rowk, act, kvdt,
+                   wait=[(ld, n + 1), (st, n) if n else None], signal=[cv])
+        em.store(core, em.dma - 1, src, cache.at((b * job.kv_heads + h) * job.positions
+                                                 + job.start + a0),
+                 na, width, rowk, cache.row_bytes, kvdt, wait=[ready],
+                 signal=[st, appended], final=False, heads=nb, src_head=na * rowk,
                  dst_head=job.kv_heads * job.positions * cache.row_bytes)
 
 
@@ -1511,15 +1599,6 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
     em.matmul_only = matmul_only
     lay = Layout()
     act, wdt, kvdt = spec.act_dtype, spec.weight_dtype, spec.kv_dtype
-    sa = cfg.cores.systolic
-    if weights is not None and (act, kvdt) != (sa.input_dtype, sa.weight_dtype):
-        # the attention feeds queries (act) and cached keys and values (kv) to the arrays
-        # unconverted: right in bytes and time, not in values
-        raise InputError(
-            f"{cfg.name}: functional values need activations in the arrays' input type and the "
-            f"KV cache in their weight type ({sa.input_dtype}, {sa.weight_dtype}); "
-            f"{spec.name} has act {act}, kv {kvdt} (the timing of this combination is modelled, "
-            "its values are not)")
     T = batch * context if phase == "prefill" else batch
     queries = context if phase == "prefill" else 1
     keys = context if phase == "prefill" else context + 1
