@@ -56,6 +56,7 @@ class Result:
     phase: str
     batch: int
     context: int
+    routing: str = "random"     # MoE tokens over experts (graph.ROUTINGS)
     parts: list = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -125,6 +126,7 @@ class Result:
             "batch": self.batch, "context": self.context,
             "weight_dtype": self.spec.weight_dtype, "act_dtype": self.spec.act_dtype,
             "kv_dtype": self.spec.kv_dtype,
+            "moe_routing": self.routing if self.spec.n_experts else None,
             "cycles": self.cycles, "seconds": s,
             "tokens_per_s": self.tokens / s if s else 0.0,
             "macs": macs, "model_macs": self.spec.macs(self.phase, self.batch, self.context),
@@ -199,7 +201,7 @@ def check_capacity(cfg, spec, phase: str, batch: int, context: int,
 def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 1024, *,
              all_layers: bool = False, ignore_capacity: bool = False, progress=None,
              weight_dtype: str | None = None, kv_dtype: str | None = None,
-             validate: bool = False,
+             routing: str = "random", validate: bool = False,
              workers: int | None = None) -> Result:
     """Simulate one forward step of ``model`` on ``chip``; see the module docstring.
 
@@ -209,7 +211,8 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     a helper thread, one call at a time, when several processes run them).
     workers: processes to run the ops in (default: one per CPU, see ``_workers``); the
     results are the same for any number. weight_dtype, kv_dtype: the model's weights and KV
-    cache in these types instead (MODEL_DTYPES; a preset's are bf16)."""
+    cache in these types instead (MODEL_DTYPES; a preset's are bf16). routing: how MoE
+    tokens spread over the experts (graph.ROUTINGS)."""
     from tilesim.programs import graph, models
 
     t0 = time.perf_counter()
@@ -228,7 +231,7 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
     models.check_context(spec, context if phase == "prefill" else context + 1, phase)
     check_capacity(cfg, spec, phase, batch, context, ignore=ignore_capacity)
 
-    g = graph.model_graph(spec, phase, batch, context)
+    g = graph.model_graph(spec, phase, batch, context, routing)
     nodes = [g.nodes[n] for n in g.nodes]
     by_layer: dict[int, list] = {}
     for nd in nodes:
@@ -242,7 +245,7 @@ def simulate(chip, model, phase: str = "decode", batch: int = 1, context: int = 
             plan.append((f"{label} ({sig})", by_layer[layers[0]], len(layers)))
     plan.append(("head", by_layer[-1][1:], 1))
 
-    res = Result(cfg, spec, phase, batch, context)
+    res = Result(cfg, spec, phase, batch, context, routing)
     # the bar counts ops (each runs as a program of its own); a program's op count is known
     # once it is compiled, so its graph nodes stand in until then
     bar = None if callable(progress) else ProgressBar(

@@ -757,6 +757,7 @@ def test_run_bad_inputs(capsys, tmp_path):
     _one_line_error(capsys, ["run", "--model", str(bad)], str(bad))
     _one_line_error(capsys, ["run", "--batch", "0"], "batch 0", ">= 1")
     _one_line_error(capsys, ["run", "--kv-dtype", "fp9"], "kv_dtype", "'fp9'", "fp8e4m3")
+    _one_line_error(capsys, ["run", "--routing", "skewed"], "skewed", "random", "balanced")
     # llama-3-8b's LM head on 4 x 4 arrays: 66 M matrix instructions, refused before building
     _one_line_error(capsys, ["run", "teach-2core", "--ignore-capacity", "--workers", "1"],
                     "teach-2core", "lm_head",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -189,7 +190,11 @@ def test_moe_decode_reads_only_the_experts_that_get_tokens():
     one = 3 * 7168 * 2048 * 2
     assert e["weight_bytes"] == (256 + 1) * one
     assert e["active_experts"] == 8 and e["bytes_min"] == (8 + 1) * one
+    # 100 prompt tokens reach 256 (1 - (31/32)^100) = 245.3 experts on average; all of them
+    # when balanced
     g = graph.layer_graph(s, 3, "prefill", 1, 100)
+    assert g.nodes["layer3.experts"]["bytes_min"] == (245 + 1) * one
+    g = graph.layer_graph(s, 3, "prefill", 1, 100, routing="balanced")
     assert g.nodes["layer3.experts"]["bytes_min"] == (256 + 1) * one
 
 
@@ -241,13 +246,48 @@ def test_rope_positions():
     assert (r["position_start"], r["positions"], r["rows"]) == (50, 1, 2)
 
 
+@pytest.mark.parametrize("routing", graph.ROUTINGS)
 @pytest.mark.parametrize("tokens,top_k,experts", [(1, 8, 256), (7, 2, 8), (4096, 8, 256),
-                                                  (3, 3, 5), (1, 1, 1), (33, 2, 8)])
-def test_uniform_routing_sums_exactly_and_differs_by_at_most_one(tokens, top_k, experts):
-    per = graph.expert_tokens(tokens, top_k, experts)
+                                                  (3, 3, 5), (1, 1, 1), (33, 2, 8), (32, 8, 256)])
+def test_routing_sums_exactly_and_differs_by_at_most_one(tokens, top_k, experts, routing):
+    per = graph.expert_tokens(tokens, top_k, experts, routing)
+    active = [n for n in per if n]
     assert len(per) == experts and sum(per) == tokens * top_k
-    assert max(per) - min(per) <= 1 and max(per) <= tokens
+    assert max(active) - min(active) <= 1 and max(per) <= tokens
     assert list(per) == sorted(per, reverse=True)      # the remainder goes to the first experts
+    assert top_k <= len(active) <= experts
+    if routing == "balanced":
+        assert len(active) == min(experts, tokens * top_k)
+
+
+@pytest.mark.parametrize("tokens,top_k,experts", [(4, 2, 8), (32, 8, 256), (1, 8, 256),
+                                                  (16, 2, 8), (64, 8, 256), (3, 3, 5)])
+def test_random_routing_reaches_the_experts_sampled_choices_reach(tokens, top_k, experts):
+    """The experts ``random`` routing uses equal, to within one, the mean number of distinct
+    experts over 4,000 sampled steps in which each token picks top_k distinct experts at
+    random (a Monte Carlo check of E (1 - (1 - k / E)^T)); mixtral-8x7b at 4 sequences uses
+    5 of 8, deepseek-v3 at 32 uses 163 of 256 (the README's figures)."""
+    rng = np.random.default_rng(0)
+    reached = [len(np.unique(np.argsort(rng.random((tokens, experts)), axis=1)[:, :top_k]))
+               for _ in range(4000)]
+    used = sum(1 for n in graph.expert_tokens(tokens, top_k, experts, "random") if n)
+    assert abs(used - np.mean(reached)) <= 1.0
+    assert graph.expert_tokens(4, 2, 8).count(0) == 3
+    assert 256 - graph.expert_tokens(32, 8, 256).count(0) == 163
+
+
+def test_routing_is_checked_and_sets_the_bytes_a_moe_decode_needs():
+    """A deepseek-v3 decode step of 32 sequences: balanced routing reads every routed expert,
+    random routing 163 of them, so its bytes_min is 93 experts' weights lower; an unknown
+    routing is a one-line error naming the allowed ones."""
+    s = models.preset("deepseek-v3")
+    one = 3 * 7168 * 2048 * 2
+    need = {r: graph.layer_graph(s, 3, "decode", 32, 100, routing=r).nodes["layer3.experts"]
+            for r in graph.ROUTINGS}
+    assert need["balanced"]["active_experts"] == 256 and need["random"]["active_experts"] == 163
+    assert need["balanced"]["bytes_min"] - need["random"]["bytes_min"] == 93 * one
+    with pytest.raises(InputError, match="routing 'skewed': allowed: random, balanced"):
+        graph.model_graph(s, "decode", 2, 8, routing="skewed")
 
 
 @pytest.mark.parametrize("name", ["mixtral-8x7b", "deepseek-v3"])

@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-dtype", default=None,
                    help="KV cache datatype: bf16, fp8e4m3, int8, int4 (default bf16; "
                         "converted to the arrays' type as it is read)")
+    p.add_argument("--routing", default="random",
+                   help="MoE tokens over experts: random (the experts independent choices "
+                        "reach on average; default) or balanced (every expert)")
     p.add_argument("--all-layers", action="store_true",
                    help="simulate every layer instead of once per distinct layer shape")
     p.add_argument("--ignore-capacity", action="store_true",
@@ -57,6 +60,7 @@ def run(args) -> int:
     res = simulate(args.config, args.model, args.phase, args.batch, args.context,
                    all_layers=args.all_layers, ignore_capacity=args.ignore_capacity,
                    weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+                   routing=args.routing,
                    progress=False if args.json else None,
                    workers=args.workers)
     summary = res.summary()
@@ -75,7 +79,8 @@ def run(args) -> int:
 def format_summary(s: dict, ops: list, top: int) -> str:
     lines = [f"{s['model']} {s['phase']}  batch {s['batch']}  context {s['context']}  on "
              f"{s['config']}  (weights {s['weight_dtype']}, activations {s['act_dtype']}, "
-             f"KV cache {s['kv_dtype']})"]
+             f"KV cache {s['kv_dtype']}"
+             + (f", {s['moe_routing']} MoE routing)" if s.get("moe_routing") else ")")]
     t = s["seconds"]
     lines.append(f"  cycles            {s['cycles']:,}  ({t * 1e3:.3f} ms)")
     if s["phase"] == "prefill":

@@ -23,17 +23,16 @@ Per kind:
   cores and the partial results merged (flash-decoding; ``emit_attention``).
 - embedding: rows of the table gathered by token id (plus the position rows, for learned
   positions); topk: ``top_k`` max-reductions over the
-  router scores (timing only: routing is taken as uniform, see graph.py).
+  router scores (timing only: the tokens each expert gets are fixed when the graph is built,
+  see graph.py, Routing).
 
 Functional mode needs every value right, and is exercised on dense GQA, MLA, GPT-2-like
 (LayerNorm, GELU, biases, learned positions, tied head) and sliding-window models (tests: their
 logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way), in fp32
-and in bf16, with weights of any float type. The attention feeds queries and cached keys and
-values to the arrays as they are, so values (not timing) need the act type to be the arrays'
-input type and the KV type their weight type; compile_nodes refuses other combinations when
-given weights.
-MoE programs have the right shapes, bytes and MACs but their dataflow is simplified (routing is
-uniform, experts read their tokens' rows in order), so their values are not meant to be checked.
+and in bf16, with weights of any float type and a KV cache of any type (converted to the
+arrays' as it is read). MoE programs have the right shapes, bytes and MACs but their dataflow
+is simplified (the tokens per expert are fixed when the graph is built, experts read their
+tokens' rows in order), so their values are not meant to be checked.
 """
 from __future__ import annotations
 
@@ -1794,7 +1793,7 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
 
 
 def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
-    """Routed experts grouped by token count (uniform routing), then the shared experts; each
+    """Routed experts grouped by token count (graph.py, Routing), then the shared experts; each
     group is gate/up, activation, down as batched matmuls, then the weighted combine."""
     d, width = node["d_model"], node["width"]
     groups: dict[int, list[int]] = {}
