@@ -47,6 +47,25 @@ def test_json_has_one_object_per_chip_and_workload(capsys):
     assert 0.7 * bw < dec <= bw * 1.01 and abs(pre - 1) < 0.1
 
 
+def test_weight_and_kv_types_reach_the_model(capsys):
+    """--weight-dtype and --kv-dtype set the model the chips run: the fake's decode reads the
+    model's weight and KV bytes, so fp8 weights read the fp8 model's and an fp8 cache halves
+    the cache's share; a type the model cannot have is one line."""
+    from tilesim.programs import models
+    got = {}
+    for w, kv in (("bf16", "bf16"), ("fp8e4m3", "bf16"), ("bf16", "fp8e4m3")):
+        code, out, _ = run(capsys, PAIR[0], "--model", "llama-3-8b", "--phases", "decode",
+                           "--context", "1024",
+                           "--weight-dtype", w, "--kv-dtype", kv, "--json")
+        assert code == 0
+        spec = models.preset("llama-3-8b", weight_dtype=w, kv_dtype=kv)
+        got[w, kv] = json.loads(out)[0]["dram_read_bytes"]
+        assert got[w, kv] == spec.weight_bytes() + spec.kv_cache_bytes(1, 1024)
+    assert got["fp8e4m3", "bf16"] < got["bf16", "fp8e4m3"] < got["bf16", "bf16"]
+    code, _, err = run(capsys, PAIR[0], "--model", "gpt2", "--kv-dtype", "fp9")
+    assert code == 2 and "kv_dtype" in err and "'fp9'" in err and err.count("\n") == 1
+
+
 def test_side_by_side_table(capsys):
     code, out, err = run(capsys, *PAIR, "--model", "llama-3-8b", "--context", "512")
     assert code == 0 and not err

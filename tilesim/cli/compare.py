@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
     c.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="N",
                    help=f"prompt length for prefill, KV-cache length for decode (default "
                         f"{DEFAULT_CONTEXT})")
+    c.add_argument("--weight-dtype", default="bf16", metavar="T",
+                   help="weights datatype: bf16, fp8e4m3, int8, int4 (default bf16)")
+    c.add_argument("--kv-dtype", default="bf16", metavar="T",
+                   help="KV cache datatype, as --weight-dtype (default bf16)")
     c.add_argument("--ignore-capacity", action="store_true",
                    help="run models that do not fit a chip's memory anyway (what-if)")
     c.add_argument("--out", metavar="DIR", help="write bar plots per metric, decode tokens/s "
@@ -93,7 +97,8 @@ def run(args) -> int:
     batches = _ints("--batch", args.batch)
     if args.context < 1:
         raise InputError(f"--context: {args.context} is not allowed (an integer >= 1)")
-    spec = models.resolve_model(args.model)
+    spec = models.resolve_model(args.model, weight_dtype=args.weight_dtype,
+                                kv_dtype=args.kv_dtype)
     for ph in phases:
         models.check_context(spec, args.context, ph)
     try:
