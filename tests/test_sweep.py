@@ -510,6 +510,32 @@ def brute_front(xs, ys) -> set:
                        for j in range(len(xs)))}
 
 
+def test_routing_reaches_the_simulator_only_when_given(tmp_path):
+    """A workload's ``routing`` is part of its label (so of the point's key) and is passed to
+    the real simulator: a MoE decode of 2 sequences (4 choices of 6 experts) reads 3 experts'
+    weights with random routing, 4 balanced (a token each), so balanced reads more; without the
+    key the evaluator gets no routing argument (the fake one takes none)."""
+    import dataclasses
+
+    from tests.programs.test_codegen import tiny_chip
+    from tests.programs.test_models import SPECS
+    chip = config.to_dict(tiny_chip("bf16"), full=True)
+    model = dataclasses.asdict(SPECS["moe"])
+    read = {}
+    for routing in ("random", "balanced"):
+        rec = sweep.evaluate_point("tilesim:simulate", chip, model,
+                                   {"phase": "decode", "batch": 2, "context": 8,
+                                    "routing": routing})
+        assert rec["status"] == "ok", rec["error"]
+        read[routing] = rec["result"]["dram_read_bytes"]
+        assert rec["result"]["moe_routing"] == routing
+    assert read["balanced"] > read["random"]
+    rec = sweep.evaluate_point(FAKE, chip, model, {"phase": "decode", "batch": 2, "context": 8})
+    assert rec["status"] == "ok", rec["error"]
+    spec = load(tmp_path, GRID.replace("batch: 1", "batch: 1\n  routing: balanced"))
+    assert all(w.label()["routing"] == "balanced" for w in spec.workloads)
+
+
 def test_pareto_front_matches_brute_force():
     rng = random.Random(3)
     for trial in range(300):
@@ -611,6 +637,8 @@ BAD = [
     (GRID.replace("context: 512", "context: 100000"),
      ["s.yaml: workloads.context: context 100000 is longer than llama-3-8b allows"]),
     (GRID.replace("batch: 1", "btch: 1"), ["workloads.btch: unknown key", "'batch'"]),
+    (GRID.replace("batch: 1", "batch: 1\n  routing: skewed"),
+     ["s.yaml: workloads.routing: 'skewed' is not allowed (one of random, balanced"]),
     (GRID.replace("base: blackhole-like-gddr6", "base: blackhole-like-gdr6"),
      ["s.yaml: base: blackhole-like-gdr6: no such file or preset",
       "did you mean 'blackhole-like-gddr6'?"]),

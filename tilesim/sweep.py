@@ -30,7 +30,9 @@ block: vary ``memory`` to swap memory systems whose rates differ (switching only
 ``memory.standard`` keeps the base's ``data_rate_gbps``, which another standard may refuse).
 
 Workload keys: ``model`` (preset or config.json path), ``phase``, ``batch``, ``context``,
-optionally ``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``all_layers``, ``ignore_capacity``.
+optionally ``weight_dtype``, ``act_dtype``, ``kv_dtype``, ``routing`` (MoE tokens over experts,
+graph.ROUTINGS; passed to the evaluator only when given), ``all_layers``,
+``ignore_capacity``.
 ``mode: random`` takes ``samples`` distinct combinations of the parameter values, drawn with
 ``seed``; every sampled chip runs every workload.
 
@@ -90,7 +92,7 @@ SWEEP_VERSION = 1
 SWEEP_KEYS = ("version", "name", "base", "workloads", "parameters", "mode", "seed", "samples",
               "evaluator")
 WORKLOAD_KEYS = ("model", "phase", "batch", "context", "weight_dtype", "act_dtype", "kv_dtype",
-                 "all_layers", "ignore_capacity")
+                 "routing", "all_layers", "ignore_capacity")
 MODES = ("grid", "random")
 VIRTUAL = {"memory.channels": "channels", "datatypes": "datatypes"}
 """Parameters that are not config keys (see the module docstring)."""
@@ -123,6 +125,7 @@ class Workload:
     weight_dtype: str | None = None
     act_dtype: str | None = None
     kv_dtype: str | None = None
+    routing: str | None = None
     all_layers: bool = False
     ignore_capacity: bool = False
 
@@ -130,7 +133,7 @@ class Workload:
         """The workload as shown and stored: only the keys that were given."""
         d = {"model": self.model, "phase": self.phase, "batch": self.batch,
              "context": self.context}
-        for k in ("weight_dtype", "act_dtype", "kv_dtype"):
+        for k in ("weight_dtype", "act_dtype", "kv_dtype", "routing"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         for k in ("all_layers", "ignore_capacity"):
@@ -482,6 +485,7 @@ def _range(ctx, where: str, spec: Mapping, check) -> list:
 def _workloads(ctx, data, base_dir: Path, *, datatypes: bool) -> tuple[Workload, ...]:
     from tilesim.dtypes import ARRAY_INPUT_DTYPES
     from tilesim.programs import models
+    from tilesim.programs.graph import ROUTINGS
 
     blocks = data if isinstance(data, list) else [data]
     if not blocks:
@@ -492,6 +496,7 @@ def _workloads(ctx, data, base_dir: Path, *, datatypes: bool) -> tuple[Workload,
              "weight_dtype": (str, {"choices": ARRAY_INPUT_DTYPES}),
              "act_dtype": (str, {"choices": ARRAY_INPUT_DTYPES}),
              "kv_dtype": (str, {"choices": ARRAY_INPUT_DTYPES}),
+             "routing": (str, {"choices": ROUTINGS}),
              "all_layers": (bool, {}), "ignore_capacity": (bool, {})}
     out, seen = [], set()
     for bi, block in enumerate(blocks):
@@ -630,9 +635,11 @@ def evaluate_point(evaluator: str, config_dict: dict, model: dict, workload: dic
         spec = ModelSpec(**model)
         # progress=False: tilesim.simulate draws its own bar on a terminal's stderr, which
         # here (or in a worker sharing the terminal) would write over the sweep's bar
+        extra = {"routing": workload["routing"]} if "routing" in workload else {}
         res = fn(chip, spec, workload["phase"], workload["batch"], workload["context"],
                  all_layers=workload.get("all_layers", False),
-                 ignore_capacity=workload.get("ignore_capacity", False), progress=False)
+                 ignore_capacity=workload.get("ignore_capacity", False), progress=False,
+                 **extra)
         summary = res.summary() if hasattr(res, "summary") else res
         if not isinstance(summary, Mapping):
             raise TypeError(f"evaluator {evaluator} returned {type(summary).__name__}, "
