@@ -1139,22 +1139,20 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
                          signal=[sem["pv"]] if t == vsteps - 1 else [])
             cnt["pv"] += 1
 
-        # the core's chunks in order, (unit, first chunk of it, keys from, keys, cache row)
+        # the core's chunks in order, over its units: (first key, keys, first cache row)
         flat = []
-        for u, ui in enumerate(run):
-            b, h, hg, qi, part, n_parts = units[ui]
+        for b, h, hg, qi, part, n_parts in (units[ui] for ui in run):
             lo, hi, n_ch = spans[qi]
             c_first, c_end = _shares(n_ch, n_parts)[part] if n_ch else (0, 0)
             for ci in range(c_first, c_end):
                 k0 = lo + ci * ck
-                flat.append((u, ci == c_first, k0, min(ck, hi - k0),
-                             (b * job.kv_heads + h) * job.positions + k0))
+                flat.append((k0, min(ck, hi - k0), (b * job.kv_heads + h) * job.positions + k0))
         ready: dict = {}        # chunk -> the (semaphore, count) its score product waits for
 
         def fetch(j: int) -> None:
             """Load chunk j's keys and values into slot j % 2 (raw slots when converted, then
             its keys' conversion; the values' is emitted by convert_values)."""
-            _, _, k0, nk, base = flat[j]
+            k0, nk, base = flat[j]
             slot = j % 2
             dma = slot % max(1, em.dma)
             free = (sem["ck"] if conv_kv else sem["pv"], j - 1) if j >= 2 else None
@@ -1187,7 +1185,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             """Chunk j's values into their slot, once chunk j - 2's P.V has read it."""
             if conv_kv and not job.shared_kv and j < len(flat):
                 slot = j % 2
-                em.vop(core, VecOp.CONVERT, vraw[slot], vbuf[slot], flat[j][3], vw,
+                em.vop(core, VecOp.CONVERT, vraw[slot], vbuf[slot], flat[j][1], vw,
                        nbytes(vw, kvdt), nbytes(vw, kar), kvdt, kar,
                        wait=[(sem["pv"], j - 1) if j >= 2 else None], signal=[sem["cv"]])
 
@@ -1215,7 +1213,7 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
             lo, hi, n_ch = spans[qi]
             c_first, c_end = _shares(n_ch, n_parts)[part] if n_ch else (0, 0)
             for ci in range(c_first, c_end):
-                _, _, k0, nk, _ = flat[chunk_no]
+                k0, nk, _ = flat[chunk_no]
                 slot = chunk_no % 2
                 dma = slot % max(1, em.dma)
                 if not conv_kv or chunk_no == 0:   # converted chunks are fetched a chunk ahead
