@@ -213,33 +213,33 @@ def test_functional_bf16_with_bf16_or_fp8_weights_equals_numpy_to_rounding(kind,
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("kind", _KINDS)
-def test_functional_fp8_kv_cache_is_converted_and_equals_numpy(kind):
-    """An fp8 KV cache on fp32 arrays: the new keys and values are rounded to fp8 as they are
-    appended, and every chunk read back is converted to the arrays' fp32 on the vector engine
-    (a chunk ahead of its use). The logits equal the reference whose cache holds the same
-    fp8-rounded rows (measured 6e-8 to 2e-7 of the largest logit), in a 13-token prefill
-    (several key chunks per query block, through both score buffers) and in decode on 2 and 4
-    cores (GQA splits its keys over the cores and merges); the reference without the
-    rounding is 5e-4 to 4e-2 away. Before, the arrays read the fp8 bytes as fp32 (such
-    runs were refused)."""
+@pytest.mark.parametrize("kind,kvdt", [(k, "fp8e4m3") for k in _KINDS] + [("gqa", "int4")])
+def test_functional_fp8_kv_cache_is_converted_and_equals_numpy(kind, kvdt):
+    """An fp8 (or int4, packed two a byte) KV cache on fp32 arrays: the new keys and values
+    are rounded to its type as they are appended, and every chunk read back is converted to
+    the arrays' fp32 on the vector engine (a chunk ahead of its use). The logits equal the
+    reference whose cache holds the same rounded rows (measured 6e-8 to 2e-7 of the largest
+    logit), in a 13-token prefill (several key chunks per query block, through both score
+    buffers) and in decode on 2 and 4 cores (GQA splits its keys over the cores and merges);
+    the reference without the rounding is 5e-4 to 4e-2 away (fp8). Before, the arrays read
+    the cache's bytes as fp32 (such runs were refused)."""
     import dataclasses
 
     from tilesim.dtypes import quantize
-    spec = dataclasses.replace(_KINDS[kind](), kv_dtype="fp8e4m3")
+    spec = dataclasses.replace(_KINDS[kind](), kv_dtype=kvdt)
     w = random_weights(spec, 0)
 
-    def fp8(a):
-        return quantize(a, "fp8e4m3")
+    def rounded(a):
+        return quantize(a, kvdt)
 
     tokens = np.random.default_rng(3).integers(0, spec.vocab_size, (2, 13))
-    ref, _ = forward_prefill(spec, w, tokens, kv_round=fp8)
+    ref, _ = forward_prefill(spec, w, tokens, kv_round=rounded)
     plain, _ = forward_prefill(spec, w, tokens)
     got, _ = _compiled_logits(spec, w, tiny_chip(), "prefill", 2, 13, tokens)
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() < 1e-5 * scale < 1e-2 * np.abs(got - plain).max()
     for cfg, batch, prompt in ((tiny_chip(), 2, 9), (_four_core_fp32(), 1, 62)):
-        comp, ref = _decode_after_prompt(spec, w, cfg, batch, prompt, 4, kv_round=fp8)
+        comp, ref = _decode_after_prompt(spec, w, cfg, batch, prompt, 4, kv_round=rounded)
         stats = chip.run(comp.program, cfg, functional=True, inputs=dict(comp.layout.values))
         np.testing.assert_allclose(stats.memory.read("logits"), ref, rtol=0,
                                    atol=1e-5 * np.abs(ref).max())
