@@ -1,6 +1,6 @@
 """`tilesim compare`: the table, its JSON, the plots and one-line errors, on the fake evaluator
-(tests/fake_evaluator.py, a roofline with the tilesim.simulate signature). The real-simulator
-run of the GDDR6/HBM3 pair is a separate test once tilesim.simulate exists."""
+(tests/fake_evaluator.py, a roofline with the tilesim.simulate signature); the real simulator
+runs the routing test (a tiny chip) and the GDDR6/HBM3 pair (slow)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tilesim import config
 from tilesim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,32 @@ def test_bad_evaluator_and_missing_model_are_one_line(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "the following arguments are required: --model" in err
+
+
+def test_routing_reaches_the_simulator(capsys, tmp_path):
+    """--routing goes to the real simulator: a tiny Mixtral-style model (6 experts, 2 per
+    token) decoding 2 sequences on a tiny chip reads 3 experts' weights with random routing
+    and 4 balanced, so balanced reads more; a routing that does not exist is one line."""
+    import yaml
+
+    from tests.programs.test_codegen import tiny_chip
+    chip = tmp_path / "chip.yaml"
+    chip.write_text(yaml.safe_dump(config.to_dict(tiny_chip("bf16"))))
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps({
+        "model_type": "mixtral", "vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+        "max_position_embeddings": 64, "num_local_experts": 6, "num_experts_per_tok": 2}))
+    read = {}
+    for routing in ("random", "balanced"):
+        assert main(["compare", str(chip), "--model", str(model), "--phases", "decode",
+                     "--batch", "2", "--context", "8", "--routing", routing, "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)[0]
+        assert row["error"] is None and row["moe_routing"] == routing
+        read[routing] = row["dram_read_bytes"]
+    assert read["balanced"] > read["random"]
+    code, out, err = run(capsys, *PAIR, "--model", "gpt2", "--routing", "skewed")
+    assert code == 2 and "--routing: 'skewed' is not allowed" in err and err.count("\n") == 1
 
 
 def test_energy_split_is_scaled_to_one_token():

@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
                    help="weights datatype: bf16, fp8e4m3, int8, int4 (default bf16)")
     c.add_argument("--kv-dtype", default="bf16", metavar="T",
                    help="KV cache datatype, as --weight-dtype (default bf16)")
+    c.add_argument("--routing", default=None, metavar="R",
+                   help="MoE tokens over experts: random (default) or balanced, as tilesim run")
     c.add_argument("--ignore-capacity", action="store_true",
                    help="run models that do not fit a chip's memory anyway (what-if)")
     c.add_argument("--out", metavar="DIR", help="write bar plots per metric, decode tokens/s "
@@ -90,6 +92,7 @@ def _ints(flag: str, text: str) -> list[int]:
 def run(args) -> int:
     from tilesim import config, costs
     from tilesim.programs import models
+    from tilesim.programs.graph import ROUTINGS
     from tilesim.report.progress import ProgressBar
     from tilesim.sweep import DEFAULT_EVALUATOR, jsonable, load_evaluator
 
@@ -105,6 +108,10 @@ def run(args) -> int:
         evaluate = load_evaluator(args.evaluator or DEFAULT_EVALUATOR)
     except InputError as e:
         raise InputError(f"--evaluator: {e}") from None
+    if args.routing is not None and args.routing not in ROUTINGS:
+        raise InputError(f"--routing: {args.routing!r} is not allowed (one of "
+                         f"{', '.join(ROUTINGS)})")
+    extra = {} if args.routing is None else {"routing": args.routing}   # (as sweep passes it)
     chips = [config.load(c) for c in args.configs]
     names = _column_names(chips)
 
@@ -120,7 +127,7 @@ def run(args) -> int:
                         "memory_cost_usd": costs.memory_cost_usd(chip)}
                 try:
                     res = evaluate(chip, spec, ph, b, args.context,
-                                   ignore_capacity=args.ignore_capacity)
+                                   ignore_capacity=args.ignore_capacity, **extra)
                 except TilesimError as e:
                     errors.append(f"{name}, {ph} batch {b}: {e}")
                     results.append({**base, "error": str(e)})
