@@ -142,7 +142,9 @@ def run(args) -> int:
     if args.json:
         print_json(results)
     else:
-        _print_table(results, names, chips, spec.name, args.context, workloads)
+        moe = f", {args.routing or 'random'} MoE routing" if spec.n_experts else ""
+        label = f"{spec.name} (weights {spec.weight_dtype}, KV cache {spec.kv_dtype}{moe})"
+        _print_table(results, names, chips, label, args.context, workloads)
         for p in plots:
             print(f"plot: {p}")
     for e in errors:
