@@ -71,7 +71,8 @@ def test_side_by_side_table(capsys):
     code, out, err = run(capsys, *PAIR, "--model", "llama-3-8b", "--context", "512")
     assert code == 0 and not err
     lines = out.splitlines()
-    assert lines[0] == ("llama-3-8b (weights bf16, KV cache bf16), context 512; ratio = "
+    assert lines[0] == ("llama-3-8b (weights bf16, activations bf16, KV cache bf16), "
+                        "context 512; ratio = "
                         "blackhole-like-hbm3 / blackhole-like-gddr6")
     assert lines[1].split() == [*PAIR, "ratio"]
     for label in ("memory capacity (GiB)", "memory cost (est., $)", "peak DRAM GB/s",

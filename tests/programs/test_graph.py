@@ -286,7 +286,8 @@ def test_routing_is_checked_and_sets_the_bytes_a_moe_decode_needs():
             for r in graph.ROUTINGS}
     assert need["balanced"]["active_experts"] == 256 and need["random"]["active_experts"] == 163
     assert need["balanced"]["bytes_min"] - need["random"]["bytes_min"] == 93 * one
-    with pytest.raises(InputError, match="routing 'skewed': allowed: random, balanced"):
+    with pytest.raises(InputError,
+                       match=r"routing: 'skewed' is not allowed \(one of random, balanced\)"):
         graph.model_graph(s, "decode", 2, 8, routing="skewed")
 
 

@@ -92,7 +92,7 @@ def _ints(flag: str, text: str) -> list[int]:
 def run(args) -> int:
     from tilesim import config, costs
     from tilesim.programs import models
-    from tilesim.programs.graph import ROUTINGS
+    from tilesim.programs.graph import check_routing
     from tilesim.report.progress import ProgressBar
     from tilesim.sweep import DEFAULT_EVALUATOR, jsonable, load_evaluator
 
@@ -108,9 +108,8 @@ def run(args) -> int:
         evaluate = load_evaluator(args.evaluator or DEFAULT_EVALUATOR)
     except InputError as e:
         raise InputError(f"--evaluator: {e}") from None
-    if args.routing is not None and args.routing not in ROUTINGS:
-        raise InputError(f"--routing: {args.routing!r} is not allowed (one of "
-                         f"{', '.join(ROUTINGS)})")
+    if args.routing is not None:
+        check_routing(args.routing, "--routing")
     extra = {} if args.routing is None else {"routing": args.routing}   # (as sweep passes it)
     chips = [config.load(c) for c in args.configs]
     names = _column_names(chips)
@@ -142,9 +141,10 @@ def run(args) -> int:
     if args.json:
         print_json(results)
     else:
-        moe = f", {args.routing or 'random'} MoE routing" if spec.n_experts else ""
-        label = f"{spec.name} (weights {spec.weight_dtype}, KV cache {spec.kv_dtype}{moe})"
-        _print_table(results, names, chips, label, args.context, workloads)
+        from tilesim.cli.run import types_label
+        types = types_label(spec.weight_dtype, spec.act_dtype, spec.kv_dtype,
+                            (args.routing or "random") if spec.n_experts else None)
+        _print_table(results, names, chips, f"{spec.name} ({types})", args.context, workloads)
         for p in plots:
             print(f"plot: {p}")
     for e in errors:

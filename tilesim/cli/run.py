@@ -76,11 +76,17 @@ def run(args) -> int:
     return 0
 
 
+def types_label(weight: str, act: str, kv: str, routing: str | None) -> str:
+    """The model's datatypes, and its MoE routing (None: no experts): what a report's first
+    line says its numbers are for."""
+    moe = f", {routing} MoE routing" if routing else ""
+    return f"weights {weight}, activations {act}, KV cache {kv}{moe}"
+
+
 def format_summary(s: dict, ops: list, top: int) -> str:
+    types = types_label(s["weight_dtype"], s["act_dtype"], s["kv_dtype"], s.get("moe_routing"))
     lines = [f"{s['model']} {s['phase']}  batch {s['batch']}  context {s['context']}  on "
-             f"{s['config']}  (weights {s['weight_dtype']}, activations {s['act_dtype']}, "
-             f"KV cache {s['kv_dtype']}"
-             + (f", {s['moe_routing']} MoE routing)" if s.get("moe_routing") else ")")]
+             f"{s['config']}  ({types})"]
     t = s["seconds"]
     lines.append(f"  cycles            {s['cycles']:,}  ({t * 1e3:.3f} ms)")
     if s["phase"] == "prefill":

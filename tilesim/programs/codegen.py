@@ -1011,11 +1011,18 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
         return st, rows, seqs, nbytes(st * max(sw, vw), act) + (
             nbytes(st * max(sw, vw), kvdt) if kvdt != act else 0)
 
-    def unit_passes(r: int) -> int:
-        """Head groups x query blocks when a unit takes at most r query rows."""
+    def grouping(r: int) -> tuple[int, int, int]:
+        """(head groups, queries per block, query blocks) when a unit takes at most r query
+        rows: the g query heads of a kv head go to one unit when they fit, else in head
+        groups (the first ones largest, as _shares cuts them)."""
         n_groups = ceil_div(g, min(g, max(r, 1)))
-        return n_groups * ceil_div(job.queries, max(1, min(job.queries,
-                                                            r // ceil_div(g, n_groups))))
+        qb = max(1, min(job.queries, r // ceil_div(g, n_groups)))
+        return n_groups, qb, ceil_div(job.queries, qb)
+
+    def unit_passes(r: int) -> int:
+        """Head groups x query blocks: how often the keys are streamed."""
+        n_groups, _, q_blocks = grouping(r)
+        return n_groups * q_blocks
 
     fixed += 20 * ALIGN
     stage, stage_rows, seq_block, stage_bytes = stage_plan(1.0)
@@ -1034,11 +1041,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     if r_max < 1:
         raise InputError(f"{cfg.name}: attention {job.name} needs more than "
                          f"cores.sram.size_bytes = {em.sram_size} for one query row")
-    # the g query heads of a kv head go to one unit when they fit, else in head groups
-    heads = _shares(g, ceil_div(g, min(g, r_max)))
+    n_groups, qb, q_blocks = grouping(r_max)
+    heads = _shares(g, n_groups)
     gh = heads[0][1]                    # the most heads in a group
-    qb = max(1, min(job.queries, r_max // gh))
-    q_blocks = ceil_div(job.queries, qb)
 
     def key_span(qi: int) -> tuple[int, int, int]:
         """Keys [lo, hi) query block ``qi`` can see, and its chunks of ck keys."""

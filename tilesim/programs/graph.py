@@ -131,14 +131,19 @@ ROUTINGS = ("random", "balanced")
 """How a MoE layer's tokens spread over its routed experts (module docstring, Routing)."""
 
 
+def check_routing(routing: str, key: str = "routing") -> None:
+    """A one-line InputError naming ``key`` unless ``routing`` is one of :data:`ROUTINGS`."""
+    if routing not in ROUTINGS:
+        raise InputError(f"{key}: {routing!r} is not allowed (one of {', '.join(ROUTINGS)})")
+
+
 def expert_tokens(tokens: int, top_k: int, experts: int,
                   routing: str = "random") -> tuple[int, ...]:
     """Tokens each routed expert receives: over the A experts that take part (``balanced``:
     all; ``random``: ``E (1 - (1 - top_k / E)^tokens)`` rounded, at least top_k),
     ``tokens x top_k // A`` each and one more for the first ``tokens x top_k % A``, 0 for the
     others; the sum is ``tokens x top_k`` and none gets more than ``tokens``."""
-    if routing not in ROUTINGS:
-        raise InputError(f"routing {routing!r}: allowed: {', '.join(ROUTINGS)}")
+    check_routing(routing)
     active = experts
     if routing == "random":
         reached = experts * (1.0 - (1.0 - top_k / experts) ** tokens)
@@ -216,8 +221,7 @@ def _check_layer(spec: ModelSpec, layer: int) -> None:
 class _Builder:
     def __init__(self, spec: ModelSpec, phase: str, batch: int, context: int,
                  layers: tuple[int, ...], routing: str):
-        if routing not in ROUTINGS:
-            raise InputError(f"routing {routing!r}: allowed: {', '.join(ROUTINGS)}")
+        check_routing(routing)
         self.s, self.phase, self.batch, self.context = spec, phase, batch, context
         self.routing = routing
         self.T = batch * context if phase == "prefill" else batch
