@@ -73,6 +73,19 @@ def tiny_mla_spec() -> ModelSpec:
                                qk_rope_head_dim=4, v_head_dim=8)
 
 
+def tiny_moe_spec(mla: bool = False) -> ModelSpec:
+    """The tiny model with MoE FFNs of 32: Mixtral's kind (4 experts, top 2, every layer MoE,
+    softmax gates), or with ``mla`` DeepSeek-V3's (MLA, a dense first layer, 8 experts, top 3,
+    a shared expert, sigmoid gates with a router bias)."""
+    import dataclasses
+    if mla:
+        return dataclasses.replace(tiny_mla_spec(), name="tiny-mla-moe", n_experts=8,
+                                   experts_per_token=3, moe_ffn_dim=32, n_shared_experts=1,
+                                   first_dense_layers=1, router_bias=True)
+    return dataclasses.replace(tiny_spec(), name="tiny-moe", n_experts=4, experts_per_token=2,
+                               moe_ffn_dim=32)
+
+
 def tiny_gpt2_spec() -> ModelSpec:
     """The tiny model built as GPT-2 is: 4 heads of 16 (MHA), LayerNorm, a GELU FFN, biases
     on every projection, learned positions, the LM head tied to the embedding."""
@@ -101,9 +114,18 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             shapes.update({p + "q": (d, H * hd), p + "k": (d, KV * hd), p + "v": (d, KV * hd),
                            p + "o": (H * hd, d)})
         shapes[p + "ffn_norm"] = (d,)
-        if spec.ffn_kind == "swiglu":
-            shapes[p + "gate"] = (d, F)
-        shapes.update({p + "up": (d, F), p + "down": (F, d)})
+        ffns = [(p, F)]
+        if i >= spec.n_dense_layers:
+            E, W = spec.n_experts, spec.moe_ffn_dim
+            shapes[p + "router"] = (d, E)
+            if spec.router_bias:
+                shapes[p + "router_bias"] = (E,)
+            ffns = [(f"{p}expert{e}.", W) for e in range(E)] + \
+                [(f"{p}shared{j}.", W) for j in range(spec.n_shared_experts)]
+        for q, width in ffns:
+            if spec.ffn_kind == "swiglu":
+                shapes[q + "gate"] = (d, width)
+            shapes.update({q + "up": (d, width), q + "down": (width, d)})
     shapes["final_norm"] = (d,)
     if not spec.tie_embeddings:
         shapes["lm_head"] = (d, V)
@@ -206,7 +228,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
-                    counter: MacCounter | None = None, kv_round=None):
+                    counter: MacCounter | None = None, kv_round=None, moe_active: int = 0):
     """Run the prompt ``tokens[B, S]``; return (logits ``[B, V]`` of the last position,
     the KV cache of the S positions)."""
     _check_supported(spec)
@@ -215,11 +237,13 @@ def forward_prefill(spec: ModelSpec, w: dict[str, np.ndarray], tokens,
     if not 1 <= S <= spec.max_context:
         raise ValueError(f"prompt length {S} is not allowed (1 to {spec.max_context})")
     x = _embed(spec, w, tokens, np.arange(S))                       # [B, S, d]
-    return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter(), kv_round)
+    return _forward(spec, w, x, [None] * spec.n_layers, 0, counter or MacCounter(), kv_round,
+                    moe_active)
 
 
 def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_tokens,
-                   position: int, counter: MacCounter | None = None, kv_round=None):
+                   position: int, counter: MacCounter | None = None, kv_round=None,
+                   moe_active: int = 0):
     """One new token per sequence, ``new_tokens[B]``, at ``position`` = S, the number of cached
     positions; return (logits ``[B, V]``, the cache extended to S + 1). The input cache is not
     modified."""
@@ -233,7 +257,8 @@ def forward_decode(spec: ModelSpec, w: dict[str, np.ndarray], kv_cache, new_toke
     if position + 1 > spec.max_context:
         raise ValueError(f"position {position} is past max_context {spec.max_context}")
     x = _embed(spec, w, new_tokens[:, None], np.array([position]))  # [B, 1, d]
-    return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter(), kv_round)
+    return _forward(spec, w, x, list(kv_cache), position, counter or MacCounter(), kv_round,
+                    moe_active)
 
 
 def _embed(spec, w, tokens, positions):
@@ -242,7 +267,7 @@ def _embed(spec, w, tokens, positions):
     return x + w["pos_embed"][positions] if spec.rope_theta == 0 else x
 
 
-def _forward(spec, w, x, cache, start, counter, kv_round=None):
+def _forward(spec, w, x, cache, start, counter, kv_round=None, moe_active=0):
     """Run ``x[B, T, d]`` (positions start .. start+T-1) through the blocks after ``cache``
     (per layer the ``start`` earlier positions' cache, or None when start == 0); new cache
     rows pass through ``kv_round`` when given."""
@@ -257,15 +282,54 @@ def _forward(spec, w, x, cache, start, counter, kv_round=None):
         new_cache.append(layer_cache)
         x = x + linear(counter, attn, w, p + "o", "attn_proj")
         h = norm(spec, w, p + "ffn_norm", x)
-        up = linear(counter, h, w, p + "up", "ffn_dense")
-        if spec.ffn_kind == "swiglu":
-            a = silu(linear(counter, h, w, p + "gate", "ffn_dense")) * up
+        if i >= spec.n_dense_layers:
+            x = x + _moe(spec, w, p, h, counter, moe_active)
         else:
-            a = gelu(up)
-        x = x + linear(counter, a, w, p + "down", "ffn_dense")
+            x = x + _ffn(spec, w, p, h, counter, "ffn_dense")
     last = norm(spec, w, "final_norm", x[:, -1, :])
     head = w["embed"].T if spec.tie_embeddings else w["lm_head"]
     return counter.mm(last, head, "lm_head", "lm_head"), new_cache
+
+
+def _ffn(spec, w, p, h, counter, part, op=None):
+    """The FFN whose matrices are ``p + "gate" / "up" / "down"`` (and biases, if any); MACs
+    counted as ``part`` of ``op`` (default: each matrix's name, the dense graph's ops)."""
+    def lin(x, name):
+        y = counter.mm(x, w[p + name], part, op or p + name)
+        return y + w[p + name + ".bias"] if p + name + ".bias" in w else y
+
+    up = lin(h, "up")
+    a = silu(lin(h, "gate")) * up if spec.ffn_kind == "swiglu" else gelu(up)
+    return lin(a, "down")
+
+
+def _moe(spec, w, p, h, counter, active):
+    """A MoE FFN of the normed ``h[B, T, d]``. Tokens flattened batch-major; choice j of
+    token t goes to expert ``(t x k + j) mod active`` (the compiler's fixed routing); its
+    weight is the softmax of the token's k router logits at those experts, or (with a router
+    bias, DeepSeek-V3) their sigmoid scores normalised to sum 1 (the bias only picks experts,
+    so it is unused here). Plus every shared expert on every token."""
+    if not active:
+        raise ValueError("a MoE model needs moe_active (the experts that take part)")
+    B, T, d = h.shape
+    hf = h.reshape(B * T, d)
+    k = spec.experts_per_token
+    logits = counter.mm(hf, w[p + "router"], "moe_router", p + "router")
+    choice = (np.arange(B * T)[:, None] * k + np.arange(k)[None, :]) % active
+    picked = np.take_along_axis(logits, choice, axis=1)
+    if spec.router_bias:
+        s = 1.0 / (1.0 + np.exp(-picked))
+        gate = s / s.sum(axis=1, keepdims=True)
+    else:
+        gate = softmax(picked)
+    out = np.zeros_like(hf)
+    for e in range(active):
+        tok, j = np.nonzero(choice == e)
+        y = _ffn(spec, w, f"{p}expert{e}.", hf[tok], counter, "moe_routed", p + "experts")
+        np.add.at(out, tok, gate[tok, j][:, None] * y)
+    for j in range(spec.n_shared_experts):
+        out += _ffn(spec, w, f"{p}shared{j}.", hf, counter, "moe_shared", p + "experts")
+    return out.reshape(B, T, d)
 
 
 def _mha(spec, w, p, h, cache, positions, counter, kv_round):
@@ -349,13 +413,14 @@ def _tokens(spec: ModelSpec, tokens, ndim: int) -> np.ndarray:
 
 
 def _check_supported(spec: ModelSpec) -> None:
-    """The reference covers dense (not MoE) models with RMSNorm or LayerNorm, SwiGLU or GELU,
+    """The reference covers dense and MoE models (no expert biases) with RMSNorm or LayerNorm, SwiGLU or GELU,
     RoPE or learned positions, biases, tied embeddings and sliding windows; MLA only with a
     query rank (DeepSeek-V3's form)."""
     rot = spec.qk_rope_head_dim if spec.attention == "mla" else spec.head_dim
     unsupported = [name for name, bad in (
         ("MLA without q_lora_rank", spec.attention == "mla" and not spec.q_lora_rank),
-        ("MoE", spec.is_moe), ("an odd rotated width", spec.rope_theta and rot % 2 == 1))
+        ("MoE expert biases", spec.is_moe and spec.mlp_bias),
+        ("an odd rotated width", spec.rope_theta and rot % 2 == 1))
         if bad]
     if unsupported:
         raise ValueError(f"reference forward does not model {', '.join(unsupported)} "

@@ -260,6 +260,27 @@ def test_routing_sums_exactly_and_differs_by_at_most_one(tokens, top_k, experts,
         assert len(active) == min(experts, tokens * top_k)
 
 
+@pytest.mark.parametrize("routing", graph.ROUTINGS)
+@pytest.mark.parametrize("tokens,top_k,experts", [(1, 8, 256), (7, 2, 8), (300, 8, 256),
+                                                  (3, 3, 5), (1, 1, 1), (33, 2, 8)])
+def test_expert_assignment_gives_each_expert_its_count_of_distinct_tokens(tokens, top_k,
+                                                                          experts, routing):
+    """The (token, choice) -> expert table the compiler and the reference share: every expert
+    gets exactly expert_tokens' count, a token's choices are distinct experts, and choice
+    t x k + j is row (t x k + j) // A of its expert (its tokens in order)."""
+    per = graph.expert_tokens(tokens, top_k, experts, routing)
+    active = sum(1 for n in per if n)
+    table = np.array(graph.expert_assignment(tokens, top_k, active))
+    assert table.shape == (tokens, top_k)
+    assert np.bincount(table.ravel(), minlength=experts).tolist() == list(per)
+    assert all(len(set(row)) == top_k for row in table)
+    for e in range(active):
+        toks = np.nonzero(table == e)[0]
+        assert list(toks) == sorted(toks)
+        slots = (np.arange(tokens * top_k).reshape(tokens, top_k))[table == e]
+        assert list(slots // active) == list(range(per[e]))
+
+
 @pytest.mark.parametrize("tokens,top_k,experts", [(4, 2, 8), (32, 8, 256), (1, 8, 256),
                                                   (16, 2, 8), (64, 8, 256), (3, 3, 5)])
 def test_random_routing_reaches_the_experts_sampled_choices_reach(tokens, top_k, experts):

@@ -205,10 +205,41 @@ def test_reference_macs_per_op_equal_the_op_graph(spec, w, phase):
     assert {a["weight"] for _, a in g.nodes(data=True) if a["weight"]} == set(w)
 
 
+@pytest.mark.parametrize("mla", [False, True])
+def test_reference_moe_macs_equal_the_analytic_count_and_the_op_graph(mla):
+    """A MoE reference step (experts picked by the fixed rule, moe_active of them) spends the
+    model's MoE MACs part by part (router, routed experts: T x top_k expert FFNs, shared
+    experts) and op by op (the graph's ``layerI.experts`` holds routed and shared). Only the
+    MoE parts: the reference computes MLA the plain way, with other attention MACs."""
+    spec = ref.tiny_moe_spec(mla)
+    w = ref.random_weights(spec, 0)
+    batch, length = 2, 7
+    toks = tokens(spec, batch, length + 1, seed=2)
+    for phase, n in (("prefill", batch * length), ("decode", batch)):
+        active = sum(1 for x in graph.expert_tokens(n, spec.experts_per_token, spec.n_experts)
+                     if x)
+        c = ref.MacCounter()
+        if phase == "prefill":
+            _, cache = ref.forward_prefill(spec, w, toks[:, :length], counter=c,
+                                           moe_active=active)
+        else:
+            ref.forward_decode(spec, w, cache, toks[:, length], length, counter=c,
+                               moe_active=active)
+        moe = {k: v for k, v in breakdown_nonzero(spec, phase, batch, length).items()
+               if k.startswith("moe")}
+        assert len(moe) == (3 if mla else 2)
+        assert {k: v for k, v in c.by_part.items() if k.startswith("moe")} == moe
+        g = graph.model_graph(spec, phase, batch, length)
+        assert {n: m for n, m in c.by_op.items() if n.endswith(("router", "experts"))} == {
+            n: a["macs"] for n, a in g.nodes(data=True) if a["kind"] in ("router", "moe_experts")}
+    with pytest.raises(ValueError, match="needs moe_active"):
+        ref.forward_prefill(spec, w, toks[:, :length])
+
+
 def test_reference_rejects_what_it_does_not_model(spec, w):
-    with pytest.raises(ValueError, match="does not model MoE"):
-        ref.random_weights(models.preset("deepseek-v3"), 0)
     import dataclasses
+    with pytest.raises(ValueError, match="does not model MoE expert biases"):
+        ref.random_weights(dataclasses.replace(ref.tiny_moe_spec(), mlp_bias=True), 0)
     with pytest.raises(ValueError, match="MLA without q_lora_rank"):
         ref.random_weights(dataclasses.replace(ref.tiny_mla_spec(), q_lora_rank=0), 0)
     with pytest.raises(ValueError, match="position 3 is not the cache length 4"):

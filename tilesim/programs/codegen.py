@@ -22,17 +22,19 @@ Per kind:
   the units leave cores idle (decode at small batch) a unit's chunks are split over several
   cores and the partial results merged (flash-decoding; ``emit_attention``).
 - embedding: rows of the table gathered by token id (plus the position rows, for learned
-  positions); topk: ``top_k`` max-reductions over the
-  router scores (timing only: the tokens each expert gets are fixed when the graph is built,
-  see graph.py, Routing).
+  positions); topk: ``top_k`` max-reductions over the router scores (timing only: which
+  experts a token runs is fixed when the step is compiled, graph.expert_assignment).
+- moe_experts (``_emit_experts``): dispatch (each routed expert's token rows gathered into
+  one block), gates (each token's expert weights from its router scores), the experts'
+  matmuls by group, combine (each token's expert rows weighted and summed, plus the shared
+  experts').
 
 Functional mode needs every value right, and is exercised on dense GQA, MLA, GPT-2-like
-(LayerNorm, GELU, biases, learned positions, tied head) and sliding-window models (tests: their
-logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way), in fp32
-and in bf16, with weights of any float type and a KV cache of any type (converted to the
-arrays' as it is read). MoE programs have the right shapes, bytes and MACs but their dataflow
-is simplified (the tokens per expert are fixed when the graph is built, experts read their
-tokens' rows in order), so their values are not meant to be checked.
+(LayerNorm, GELU, biases, learned positions, tied head), sliding-window and MoE models (tests:
+their logits equal a numpy reference; MLA runs weight-absorbed, the reference the plain way;
+MoE follows the same fixed expert choice), in fp32 and in bf16, with weights of any float type
+and a KV cache of any type (converted to the arrays' as it is read). Not computed: MoE expert
+biases (no preset has them; the reference refuses them).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from tilesim.dtypes import DTYPES
 from tilesim.errors import InputError
 from tilesim.isa.opcodes import INSTR_DTYPE, MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
+from tilesim.programs.graph import expert_assignment
 from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
                                       split)
 
@@ -1820,9 +1823,18 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
 
 
 def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
-    """Routed experts grouped by token count (graph.py, Routing), then the shared experts; each
-    group is gate/up, activation, down as batched matmuls, then the weighted combine."""
-    d, width = node["d_model"], node["width"]
+    """A MoE layer after its router and top-k: each routed expert's tokens gathered into one
+    block of rows (``dispatch``; which tokens: graph.expert_assignment), the gate weights of
+    every token's experts from the router's scores (``gates``), per group of experts with the
+    same token count gate/up, the activation and down as batched matmuls (the shared experts
+    read every token's row as it is), then every token's expert rows weighted and summed with
+    its shared experts' rows (``combine``). With ``weights``, each group's matrices are the
+    stack of its experts' ``layerI.expert{e}.*`` (``layerI.shared{j}.*``)."""
+    d, width, k = node["d_model"], node["width"], node["top_k"]
+    if weights is not None and node["bias"]:
+        raise InputError(f"{spec.name}: {node['name']}: expert biases (mlp_bias with "
+                         "experts) are counted but not computed; a functional run needs a "
+                         "model without them")
     groups: dict[int, list[int]] = {}
     for e, n_tok in enumerate(node["tokens_per_expert"]):
         if n_tok:
@@ -1831,23 +1843,52 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
         groups.setdefault(-T, []).extend(range(node["shared_experts"]))
     nm = node["name"]
     total = sum(abs(n) * len(es) for n, es in groups.items())
+    first: dict[tuple[str, int], int] = {}        # (routed | shared, expert) -> its first row
+    row = 0
+    for n_tok, experts in sorted(groups.items()):
+        for i, e in enumerate(experts):
+            first["shared" if n_tok < 0 else "routed", e] = row + i * abs(n_tok)
+        row += abs(n_tok) * len(experts)
+    active = node["active_experts"]
+    assign = expert_assignment(T, k, active)
+    choice_rows = [[first["routed", e] + (t * k + j) // active for j, e in enumerate(es)]
+                   for t, es in enumerate(assign)]
+    xe = lay.tensor("ex", total, d, act)
     eh = lay.tensor("eh", total, width, act)
     eu = lay.tensor("eu", total, width, act)
     ea = lay.tensor("ea", total, width, act)
     ed = lay.tensor("ed", total, d, act)
-    row = 0
+    gates = lay.tensor("eg", k, T, "fp32")
+    src_of = {r: t for t, rows in enumerate(choice_rows) for r in rows}
+    em.begin(f"{nm}.dispatch")
+    emit_gather(em, hbuf, xe, sorted(src_of.items()), act)
+    em.begin(f"{nm}.gates")
+    emit_gates(em, lay.tensor("rs", T, node["experts"], act), gates, assign, spec.router_bias,
+               act)
     fn = node["fn"]
+    parts = ("gate", "up", "down") if fn == "silu_mul" else ("up", "down")
+    if weights is not None:
+        L = node["layer"]
+        for n_tok, experts in groups.items():
+            tag = "shared" if n_tok < 0 else "routed"
+            for part in parts:
+                mats = [np.asarray(weights[f"layer{L}.{'shared' if n_tok < 0 else 'expert'}"
+                                           f"{e}.{part}"]) for e in experts]
+                weights[f"{nm}.{tag}{abs(n_tok)}.{part}"] = \
+                    np.stack(mats) if len(mats) > 1 else mats[0]    # emit_matmul's count
+    row = 0
     for n_tok, experts in sorted(groups.items()):
         m = abs(n_tok)
         rows = [row + i * m for i in range(len(experts))]
         tag = "shared" if n_tok < 0 else "routed"
+        src, x_rows = (hbuf, [0]) if n_tok < 0 else (xe, rows)
         for part, out in (("gate", eh), ("up", eu)):
-            if part == "gate" and fn != "silu_mul":
+            if part not in parts:
                 continue
-            job = MatmulJob(f"{nm}.{part}", m, d, width, len(experts), hbuf, out,
-                            f"{nm}.{tag}{m}.{part}", x_rows=[0], y_rows=rows)
+            job = MatmulJob(f"{nm}.{part}", m, d, width, len(experts), src, out,
+                            f"{nm}.{tag}{m}.{part}", x_rows=x_rows, y_rows=rows)
             em.begin(f"{nm}.{tag}{m}.{part}")
-            emit_matmul(em, lay, job, wdt, act, None)
+            emit_matmul(em, lay, job, wdt, act, weights)
         row += m * len(experts)
     em.begin(f"{nm}.act")
     emit_binary(em, eh if fn == "silu_mul" else eu, eu, ea, total, width,
@@ -1860,9 +1901,183 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
         job = MatmulJob(f"{nm}.down", m, width, d, len(experts), ea, ed, f"{nm}.{tag}{m}.down",
                         x_rows=rows, y_rows=rows)
         em.begin(f"{nm}.{tag}{m}.down")
-        emit_matmul(em, lay, job, wdt, act, None)
+        emit_matmul(em, lay, job, wdt, act, weights)
         row += m * len(experts)
-    # combine: every expert output row is scaled and added into its token's row
     em.begin(f"{nm}.combine")
-    emit_binary(em, ed, ed, lay.tensor("f", T, d, act) if total == T else
-                lay.tensor("ecomb", total, d, act), total, d, "add", act)
+    emit_combine(em, ed, gates, lay.tensor("f", T, d, act), choice_rows,
+                 [first["shared", j] for j in range(node["shared_experts"])], act)
+
+
+def emit_gather(em: Emitter, src: Tensor, dst: Tensor, rows: list, act: str) -> None:
+    """Whole rows copied through the SRAM: ``rows`` is (dst row, src row) pairs, in dst order.
+    Blocks of rows over the cores; a load per run of rows consecutive in both, a store per
+    block, two blocks in flight per core."""
+    rowb = nbytes(src.cols, act)
+    rb, blocks = _row_plan(em, len(rows), rowb, 2)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        bufs = [em.alloc(core, nbytes(rb * src.cols, act)) for _ in range(min(2, len(run)))]
+        ld = [em.sem(f"c{core}.ld{k}") for k in range(len(bufs))]
+        st = [em.sem(f"c{core}.st{k}") for k in range(len(bufs))]
+        n_ld = [0] * len(bufs)
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            k = i % len(bufs)
+            wait = [(st[k], i // len(bufs))] if i >= len(bufs) else []
+            block = rows[r0:r0 + nr]
+            a = 0
+            while a < nr:
+                b = a + 1
+                while (b < nr and block[b][0] == block[b - 1][0] + 1
+                       and block[b][1] == block[b - 1][1] + 1):
+                    b += 1
+                em.load(core, 0, src.at(block[a][1]), bufs[k] + a * rowb, b - a, src.cols,
+                        src.row_bytes, rowb, act, wait=wait if a == 0 else (), signal=[ld[k]])
+                n_ld[k] += 1
+                a = b
+            em.store(core, em.dma - 1, bufs[k], dst.at(block[0][0]), nr, src.cols, rowb,
+                     dst.row_bytes, act, wait=[(ld[k], n_ld[k])], signal=[st[k]])
+
+
+def emit_gates(em: Emitter, scores: Tensor, gates: Tensor, assign: list, sigmoid: bool,
+               act: str) -> None:
+    """The weight of each token's experts: ``gates[j, t]`` (fp32, choice-major, so the
+    combine reads one choice of a block of tokens as one row) for expert ``assign[t][j]``,
+    from token t's router scores: a softmax over its top_k logits (Mixtral), or with
+    ``sigmoid`` its top_k sigmoid scores normalised to sum 1 (DeepSeek-V3, whose
+    routed_scaling_factor, a constant, is not applied)."""
+    f32 = "fp32"
+    T, k = len(assign), len(assign[0])
+    eb, e4 = nbytes(1, act), 4
+    rb, blocks = _row_plan(em, T, k * (eb + 8) + 8, 1)
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        lb = em.alloc(core, nbytes(rb * k, act))
+        lf = em.alloc(core, nbytes(rb * k, f32))
+        sm = em.alloc(core, nbytes(rb, f32) + 64)
+        gt = em.alloc(core, nbytes(rb * k, f32))
+        ld = em.sem(f"c{core}.ld")
+        vd = em.sem(f"c{core}.vd")
+        st = em.sem(f"c{core}.st")
+        n_ld = 0
+        for i, bi in enumerate(run):
+            r0, nr = blocks[bi]
+            wait = [(st, i)] if i else []
+            for t in range(r0, r0 + nr):
+                es = assign[t]
+                j = 0
+                while j < k:                  # runs of consecutive experts: one or two
+                    j2 = j + 1
+                    while j2 < k and es[j2] == es[j2 - 1] + 1:
+                        j2 += 1
+                    em.load(core, 0, scores.at(t, es[j]), lb + ((t - r0) * k + j) * eb, 1,
+                            j2 - j, scores.row_bytes, k * eb, act, wait=wait, signal=[ld])
+                    wait = []
+                    n_ld += 1
+                    j = j2
+            rk = k * e4
+            em.vop(core, VecOp.CONVERT, lb, lf, nr, k, k * eb, rk, act, f32, wait=[(ld, n_ld)])
+            if sigmoid:                       # 1 / (1 + exp(-x))
+                em.vop(core, VecOp.MUL, lf, lf, nr, k, rk, rk, f32, imm=-1.0,
+                       flags=Flag.BCAST_IMM)
+                em.vop(core, VecOp.EXP, lf, lf, nr, k, rk, rk, f32)
+                em.vop(core, VecOp.ADD, lf, lf, nr, k, rk, rk, f32, imm=1.0,
+                       flags=Flag.BCAST_IMM)
+                em.vop(core, VecOp.RECIP, lf, lf, nr, k, rk, rk, f32)
+            else:                             # exp(x - max x)
+                em.vop(core, VecOp.REDUCE_MAX, lf, sm, nr, k, rk, e4, f32)
+                em.vop(core, VecOp.SUB, lf, lf, nr, k, rk, rk, f32, src2=sm,
+                       flags=Flag.BCAST_ROW)
+                em.vop(core, VecOp.EXP, lf, lf, nr, k, rk, rk, f32)
+            em.vop(core, VecOp.REDUCE_SUM, lf, sm, nr, k, rk, e4, f32)
+            em.vop(core, VecOp.RECIP, sm, sm, nr, 1, e4, e4, f32)
+            em.vop(core, VecOp.MUL, lf, lf, nr, k, rk, rk, f32, src2=sm, flags=Flag.BCAST_ROW)
+            for j in range(k):                # choice-major: column j -> row j
+                em.vop(core, VecOp.COPY, lf + j * e4, gt + j * nr * e4, nr, 1, rk, e4, f32,
+                       signal=[vd] if j == k - 1 else ())
+            em.store(core, em.dma - 1, gt, gates.at(0, r0), k, nr, nr * e4, gates.row_bytes,
+                     f32, wait=[(vd, i + 1)], signal=[st])
+
+
+def emit_combine(em: Emitter, ed: Tensor, gates: Tensor, y: Tensor, choice_rows: list,
+                 shared_rows: list, act: str) -> None:
+    """``y[t] = sum_j gates[j, t] x ed[choice_rows[t][j]] + sum_s ed[shared_rows[s] + t]``,
+    summed in fp32 and rounded to ``act`` once. Blocks of token rows (and of columns, so a
+    block keeps a few rows) over the cores; each term's rows load (one load per run of rows
+    consecutive in ``ed``) into one of two slots while the vector engine weighs and adds the
+    previous term."""
+    f32 = "fp32"
+    T, d = y.rows, y.cols
+    k = len(choice_rows[0])
+    eb = nbytes(1, act)
+    direct = act == f32                       # terms load straight into fp32
+    per_el = 4 + 2 * eb + (0 if direct else 4) + eb      # acc, two slots, fp32 copy, out
+    cb = d
+    if 8 * per_el * d > em.sram_size // 2:
+        cb = max(64, em.sram_size // 2 // (8 * per_el) // 64 * 64)
+    rb, rblocks = _row_plan(em, T, per_el * cb + 8 * k, 1, ways=ceil_div(d, cb))
+    blocks = [(r0, nr, c0, min(cb, d - c0)) for r0, nr in rblocks for c0 in range(0, d, cb)]
+    terms = [("routed", j) for j in range(k)] + [("shared", s) for s in range(len(shared_rows))]
+    for core, run in enumerate(split(len(blocks), em.cores)):
+        if not len(run):
+            continue
+        acc = em.alloc(core, nbytes(rb * cb, f32))
+        slot = [em.alloc(core, nbytes(rb * cb, act)) for _ in range(2)]
+        tf = slot if direct else [em.alloc(core, nbytes(rb * cb, f32))] * 2
+        yb = em.alloc(core, nbytes(rb * cb, act))
+        gb = [em.alloc(core, nbytes(k * rb, f32)) for _ in range(2)]
+        ld = [em.sem(f"c{core}.ld{s}") for s in (0, 1)]
+        n_ld = [0, 0]
+        used = em.sem(f"c{core}.used")        # slots the vector engine is done reading
+        gl = [em.sem(f"c{core}.gl{s}") for s in (0, 1)]
+        vd = em.sem(f"c{core}.vd")            # blocks whose output is ready
+        st = em.sem(f"c{core}.st")
+        step = 0
+        for i, bi in enumerate(run):
+            r0, nr, c0, nc = blocks[bi]
+            rowa, rowf = nbytes(nc, act), nbytes(nc, f32)
+            g = gb[i % 2]
+            em.load(core, em.dma - 1, gates.at(0, r0), g, k, nr, gates.row_bytes, nr * 4, f32,
+                    wait=[(vd, i - 1) if i >= 2 else None], signal=[gl[i % 2]])
+            for q, (kind, j) in enumerate(terms):
+                s = step % 2
+                wait = [(used, step - 1) if step >= 2 else None]
+                if kind == "routed":
+                    a = 0
+                    while a < nr:
+                        b = a + 1
+                        while b < nr and choice_rows[r0 + b][j] == choice_rows[r0 + b - 1][j] + 1:
+                            b += 1
+                        em.load(core, 0, ed.at(choice_rows[r0 + a][j], c0), slot[s] + a * rowa,
+                                b - a, nc, ed.row_bytes, rowa, act, wait=wait, signal=[ld[s]])
+                        wait = []
+                        n_ld[s] += 1
+                        a = b
+                else:
+                    em.load(core, 0, ed.at(shared_rows[j] + r0, c0), slot[s], nr, nc,
+                            ed.row_bytes, rowa, act, wait=wait, signal=[ld[s]])
+                    n_ld[s] += 1
+                # the slot is free once its last reader is done: the CONVERT, or (fp32) the
+                # op that reads it last
+                w = [(ld[s], n_ld[s])]
+                if not direct:
+                    em.vop(core, VecOp.CONVERT, slot[s], tf[s], nr, nc, rowa, rowf, act, f32,
+                           wait=w, signal=[used])
+                    w = []
+                if kind == "routed":
+                    if q == 0:
+                        w = w + [(gl[i % 2], i // 2 + 1)]
+                    em.vop(core, VecOp.MUL, tf[s], acc if q == 0 else tf[s], nr, nc, rowf,
+                           rowf, f32, src2=g + j * nr * 4, flags=Flag.BCAST_ROW, wait=w,
+                           signal=[used] if direct and q == 0 else ())
+                    w = []
+                if q > 0:
+                    em.vop(core, VecOp.ADD, acc, acc, nr, nc, rowf, rowf, f32, src2=tf[s],
+                           src2_row=rowf, wait=w, signal=[used] if direct else ())
+                step += 1
+            em.vop(core, VecOp.CONVERT, acc, yb, nr, nc, rowf, rowa, f32, act,
+                   wait=[(st, i) if i else None], signal=[vd])
+            em.store(core, em.dma - 1, yb, y.at(r0, c0), nr, nc, rowa, y.row_bytes, act,
+                     wait=[(vd, i + 1)], signal=[st])

@@ -81,7 +81,8 @@ go as evenly as possible over the experts that take part, each expert getting at
 ``1 - top_k / E``): a decode step of 4 sequences on mixtral-8x7b reads 5 of its 8 experts, of 32
 on deepseek-v3 163 of 256; ``balanced`` every expert, as a router trained to balance load
 would spread a large batch (for a small one, the most expert weights a step can read). The MAC
-count does not depend on this; the bytes do (an expert with no tokens is not read).
+count does not depend on this; the bytes do (an expert with no tokens is not read). Which
+(token, choice) goes to which expert: :func:`expert_assignment`.
 
 Parameter names (``weight``) follow the compiler's convention (``y = x @ W``): ``embed``
 [V, d], ``layerI.attn_norm``, ``layerI.q`` / ``k`` / ``v`` / ``o`` (MLA: ``q_a``, ``q_a_norm``,
@@ -150,6 +151,17 @@ def expert_tokens(tokens: int, top_k: int, experts: int,
         active = min(experts, max(top_k, round(reached)))
     q, r = divmod(tokens * top_k, active)
     return tuple(q + (e < r) if e < active else 0 for e in range(experts))
+
+
+def expert_assignment(tokens: int, top_k: int, active: int) -> list[list[int]]:
+    """Which expert runs each (token, choice) when ``active`` experts take part (the nonzero
+    entries of :func:`expert_tokens`, which this spread has exactly): choice j of token t
+    (tokens in row order) goes to expert ``(t x top_k + j) mod active``. A token's choices are
+    distinct (top_k <= active), and expert e's tokens, in row order, are the choices
+    ``e, e + active, ...`` (choice p is the ``p // active``-th row of its expert). Fixed when
+    the step is compiled: the router's scores weight the outputs (codegen's combine) but do
+    not pick the experts."""
+    return [[(t * top_k + j) % active for j in range(top_k)] for t in range(tokens)]
 
 
 def layer_signature(spec: ModelSpec, layer: int) -> str:
