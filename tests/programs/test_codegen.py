@@ -163,6 +163,19 @@ def test_functional_moe_prefill_and_decode_equal_numpy(mla):
     assert np.abs(other - got2).max() > 1e-3 * np.abs(got2).max()
 
 
+def test_functional_moe_with_expert_biases_is_refused_in_one_line():
+    """Expert biases (mlp_bias on a MoE) are counted in bytes but not computed, so a
+    functional run of such a model is refused rather than silently wrong."""
+    import dataclasses
+    spec = dataclasses.replace(tiny_moe_spec(), mlp_bias=True)
+    w = random_weights(tiny_moe_spec(), 0)
+    g = graph.model_graph(spec, "decode", 1, 4)
+    with pytest.raises(InputError) as e:
+        codegen.compile_nodes(spec, [g.nodes[n] for n in g.nodes], tiny_chip(), "decode", 1, 4,
+                              weights=w)
+    assert "\n" not in str(e.value) and "expert biases" in str(e.value)
+
+
 def test_functional_moe_in_bf16_equals_numpy_to_rounding():
     """DeepSeek's kind of MoE (MLA, shared expert, sigmoid gates) on a bf16 chip with bf16
     activations and fp8 weights: within bf16 rounding of the reference on the rounded
