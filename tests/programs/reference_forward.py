@@ -76,12 +76,12 @@ def tiny_mla_spec() -> ModelSpec:
 def tiny_moe_spec(mla: bool = False) -> ModelSpec:
     """The tiny model with MoE FFNs of 32: Mixtral's kind (4 experts, top 2, every layer MoE,
     softmax gates), or with ``mla`` DeepSeek-V3's (MLA, a dense first layer, 8 experts, top 3,
-    a shared expert, sigmoid gates with a router bias)."""
+    a shared expert, sigmoid gates with a router bias, routed outputs scaled by 2.5)."""
     import dataclasses
     if mla:
         return dataclasses.replace(tiny_mla_spec(), name="tiny-mla-moe", n_experts=8,
                                    experts_per_token=3, moe_ffn_dim=32, n_shared_experts=1,
-                                   first_dense_layers=1, router_bias=True)
+                                   first_dense_layers=1, router_bias=True, routed_scale=2.5)
     return dataclasses.replace(tiny_spec(), name="tiny-moe", n_experts=4, experts_per_token=2,
                                moe_ffn_dim=32)
 
@@ -308,7 +308,8 @@ def _moe(spec, w, p, h, counter, active):
     token t goes to expert ``(t x k + j) mod active`` (the compiler's fixed routing); its
     weight is the softmax of the token's k router logits at those experts, or (with a router
     bias, DeepSeek-V3) their sigmoid scores normalised to sum 1 (the bias only picks experts,
-    so it is unused here). Plus every shared expert on every token."""
+    so it is unused here), times ``routed_scale``. Plus every shared expert on every
+    token."""
     if not active:
         raise ValueError("a MoE model needs moe_active (the experts that take part)")
     B, T, d = h.shape
@@ -322,6 +323,7 @@ def _moe(spec, w, p, h, counter, active):
         gate = s / s.sum(axis=1, keepdims=True)
     else:
         gate = softmax(picked)
+    gate = gate * spec.routed_scale
     out = np.zeros_like(hf)
     for e in range(active):
         tok, j = np.nonzero(choice == e)

@@ -559,6 +559,8 @@ BAD_CONFIGS = [
     ({**HF_CONFIGS["deepseek-v3"], "moe_layer_freq": 2}, "moe_layer_freq", "every layer after"),
     ({**HF_CONFIGS["deepseek-v3"], "attention_bias": True}, "attention_bias", "without biases"),
     ({**HF_CONFIGS["deepseek-v3"], "v_head_dim": -1}, "v_head_dim", "an integer >= 1"),
+    ({**HF_CONFIGS["deepseek-v3"], "routed_scaling_factor": 0}, "routed_scaling_factor",
+     "a finite number > 0"),
     ({**HF_CONFIGS["deepseek-v3"], "kv_lora_rank": None}, "kv_lora_rank",
      "required key is missing"),
     ({**LLAMA, "rope_theta": None, "rope_parameters": {"rope_theta": -1}},
@@ -628,5 +630,7 @@ def test_spec_validation_names_the_field():
         ModelSpec(**TINY, v_head_dim=2)
     with pytest.raises(ConfigError, match="router_bias: True is not allowed .*unless n_experts"):
         ModelSpec(**TINY, router_bias=True)
+    with pytest.raises(ConfigError, match=r"routed_scale: 2.5 is not allowed \(1 unless n_exp"):
+        ModelSpec(**TINY, routed_scale=2.5)
     with pytest.raises(ConfigError, match=r"ffn_kind: 'gelu2' .*did you mean 'gelu'\?"):
         ModelSpec(**TINY, ffn_kind="gelu2")

@@ -1864,7 +1864,7 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
     emit_gather(em, hbuf, xe, sorted(src_of.items()), act)
     em.begin(f"{nm}.gates")
     emit_gates(em, lay.tensor("rs", T, node["experts"], act), gates, assign, spec.router_bias,
-               act)
+               spec.routed_scale, act)
     fn = node["fn"]
     parts = ("gate", "up", "down") if fn == "silu_mul" else ("up", "down")
     if weights is not None:
@@ -1941,12 +1941,12 @@ def emit_gather(em: Emitter, src: Tensor, dst: Tensor, rows: list, act: str) -> 
 
 
 def emit_gates(em: Emitter, scores: Tensor, gates: Tensor, assign: list, sigmoid: bool,
-               act: str) -> None:
+               scale: float, act: str) -> None:
     """The weight of each token's experts: ``gates[j, t]`` (fp32, choice-major, so the
     combine reads one choice of a block of tokens as one row) for expert ``assign[t][j]``,
     from token t's router scores: a softmax over its top_k logits (Mixtral), or with
-    ``sigmoid`` its top_k sigmoid scores normalised to sum 1 (DeepSeek-V3, whose
-    routed_scaling_factor, a constant, is not applied)."""
+    ``sigmoid`` its top_k sigmoid scores normalised to sum 1 (DeepSeek-V3); times ``scale``
+    (DeepSeek-V3's routed_scaling_factor)."""
     f32 = "fp32"
     T, k = len(assign), len(assign[0])
     eb, e4 = nbytes(1, act), 4
@@ -1993,6 +1993,9 @@ def emit_gates(em: Emitter, scores: Tensor, gates: Tensor, assign: list, sigmoid
                 em.vop(core, VecOp.EXP, lf, lf, nr, k, rk, rk, f32)
             em.vop(core, VecOp.REDUCE_SUM, lf, sm, nr, k, rk, e4, f32)
             em.vop(core, VecOp.RECIP, sm, sm, nr, 1, e4, e4, f32)
+            if scale != 1:
+                em.vop(core, VecOp.MUL, sm, sm, nr, 1, e4, e4, f32, imm=scale,
+                       flags=Flag.BCAST_IMM)
             em.vop(core, VecOp.MUL, lf, lf, nr, k, rk, rk, f32, src2=sm, flags=Flag.BCAST_ROW)
             for j in range(k):                # choice-major: column j -> row j
                 em.vop(core, VecOp.COPY, lf + j * e4, gt + j * nr * e4, nr, 1, rk, e4, f32,

@@ -129,6 +129,9 @@ class ModelSpec:
     n_shared_experts: int = 0  # experts every token runs, each moe_ffn_dim wide
     first_dense_layers: int = 0    # leading layers with a dense FFN of ffn_dim
     router_bias: bool = False  # per-expert score-correction bias (DeepSeek-V3)
+    routed_scale: float = 1.0  # the routed experts' weighted sum is scaled by this before the
+                               # shared experts' rows are added (DeepSeek-V3's
+                               # routed_scaling_factor, 2.5); values only, no time
     # datatypes, names from tilesim.dtypes
     weight_dtype: str = "bf16"
     act_dtype: str = "bf16"
@@ -372,6 +375,9 @@ def _check_spec(s: ModelSpec) -> None:
             fail(key, "a finite number >= 0")
     if s.norm_eps <= 0:
         fail("norm_eps", "a number > 0")
+    v = s.routed_scale
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        fail("routed_scale", "a finite number > 0")
     for key, choices in (("ffn_kind", FFN_KINDS), ("norm", NORMS), ("weight_dtype", MODEL_DTYPES),
                          ("act_dtype", MODEL_DTYPES), ("kv_dtype", MODEL_DTYPES)):
         if getattr(s, key) not in choices:
@@ -405,6 +411,8 @@ def _check_spec(s: ModelSpec) -> None:
         for key in _MOE_FIELDS + ("router_bias",):
             if getattr(s, key):
                 fail(key, f"{'false' if key == 'router_bias' else '0'} unless n_experts > 0 (MoE)")
+        if s.routed_scale != 1:
+            fail("routed_scale", "1 unless n_experts > 0 (MoE)")
 
 
 def _check_int(name: str, value: Any, lo: int) -> None:
@@ -487,13 +495,15 @@ _PRESETS: dict[str, ModelSpec] = {s.name: s for s in (
     # first_k_dense_replace 3, n_routed_experts 256, num_experts_per_tok 8, n_shared_experts 1,
     # moe_intermediate_size 2048, vocab_size 129280, max_position_embeddings 163840,
     # rms_norm_eps 1e-06, rope_theta 10000 (YaRN scaling, shape-neutral), hidden_act silu,
-    # tie_word_embeddings false, topk_method noaux_tc (routers carry e_score_correction_bias).
+    # tie_word_embeddings false, topk_method noaux_tc (routers carry e_score_correction_bias),
+    # scoring_func sigmoid, norm_topk_prob true, routed_scaling_factor 2.5.
     # The multi-token-prediction layer (num_nextn_predict_layers 1) is left out.
     ModelSpec(name="deepseek-v3", vocab_size=129280, d_model=7168, n_layers=61, n_heads=128,
               n_kv_heads=128, head_dim=192, ffn_dim=18432, norm_eps=1e-6, max_context=163840,
               rope_theta=10000.0, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
               qk_rope_head_dim=64, v_head_dim=128, n_experts=256, experts_per_token=8,
-              moe_ffn_dim=2048, n_shared_experts=1, first_dense_layers=3, router_bias=True),
+              moe_ffn_dim=2048, n_shared_experts=1, first_dense_layers=3, router_bias=True,
+              routed_scale=2.5),
 )}
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
@@ -690,6 +700,9 @@ def from_hf_config(path: str | Path, weight_dtype: str = "bf16", act_dtype: str 
                                        lo=0)
         kw["first_dense_layers"] = r.get(("first_k_dense_replace",), int,
                                          field="first_dense_layers", lo=0)
+        # transformers' DeepseekV3Config defaults routed_scaling_factor to 2.5
+        kw["routed_scale"] = float(r.get(("routed_scaling_factor",), float,
+                                         field="routed_scale", default=2.5))
         return _build(kw, r)
 
     kv = kw["n_kv_heads"] = r.get(("num_key_value_heads",), int, field="n_kv_heads", default=h,
