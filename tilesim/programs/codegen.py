@@ -1908,6 +1908,18 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
                  [first["shared", j] for j in range(node["shared_experts"])], act)
 
 
+def _runs(*seqs) -> list[tuple[int, int]]:
+    """(first index, length) of the maximal runs over which every one of the equally long
+    ``seqs`` steps by +1: the pieces a gather of rows (or elements) loads at once."""
+    out: list[tuple[int, int]] = []
+    for i in range(len(seqs[0])):
+        if out and all(q[i] == q[i - 1] + 1 for q in seqs):
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
 def emit_gather(em: Emitter, src: Tensor, dst: Tensor, rows: list, act: str) -> None:
     """Whole rows copied through the SRAM: ``rows`` is (dst row, src row) pairs, in dst order.
     Blocks of rows over the cores; a load per run of rows consecutive in both, a store per
@@ -1926,16 +1938,10 @@ def emit_gather(em: Emitter, src: Tensor, dst: Tensor, rows: list, act: str) -> 
             k = i % len(bufs)
             wait = [(st[k], i // len(bufs))] if i >= len(bufs) else []
             block = rows[r0:r0 + nr]
-            a = 0
-            while a < nr:
-                b = a + 1
-                while (b < nr and block[b][0] == block[b - 1][0] + 1
-                       and block[b][1] == block[b - 1][1] + 1):
-                    b += 1
-                em.load(core, 0, src.at(block[a][1]), bufs[k] + a * rowb, b - a, src.cols,
+            for a, n in _runs([r for r, _ in block], [r for _, r in block]):
+                em.load(core, 0, src.at(block[a][1]), bufs[k] + a * rowb, n, src.cols,
                         src.row_bytes, rowb, act, wait=wait if a == 0 else (), signal=[ld[k]])
                 n_ld[k] += 1
-                a = b
             em.store(core, em.dma - 1, bufs[k], dst.at(block[0][0]), nr, src.cols, rowb,
                      dst.row_bytes, act, wait=[(ld[k], n_ld[k])], signal=[st[k]])
 
@@ -1966,17 +1972,11 @@ def emit_gates(em: Emitter, scores: Tensor, gates: Tensor, assign: list, sigmoid
             r0, nr = blocks[bi]
             wait = [(st, i)] if i else []
             for t in range(r0, r0 + nr):
-                es = assign[t]
-                j = 0
-                while j < k:                  # runs of consecutive experts: one or two
-                    j2 = j + 1
-                    while j2 < k and es[j2] == es[j2 - 1] + 1:
-                        j2 += 1
-                    em.load(core, 0, scores.at(t, es[j]), lb + ((t - r0) * k + j) * eb, 1,
-                            j2 - j, scores.row_bytes, k * eb, act, wait=wait, signal=[ld])
+                for j, n in _runs(assign[t]):     # consecutive experts: one or two runs
+                    em.load(core, 0, scores.at(t, assign[t][j]), lb + ((t - r0) * k + j) * eb,
+                            1, n, scores.row_bytes, k * eb, act, wait=wait, signal=[ld])
                     wait = []
                     n_ld += 1
-                    j = j2
             rk = k * e4
             em.vop(core, VecOp.CONVERT, lb, lf, nr, k, k * eb, rk, act, f32, wait=[(ld, n_ld)])
             if sigmoid:                       # 1 / (1 + exp(-x))
@@ -2048,16 +2048,12 @@ def emit_combine(em: Emitter, ed: Tensor, gates: Tensor, y: Tensor, choice_rows:
                 s = step % 2
                 wait = [(used, step - 1) if step >= 2 else None]
                 if kind == "routed":
-                    a = 0
-                    while a < nr:
-                        b = a + 1
-                        while b < nr and choice_rows[r0 + b][j] == choice_rows[r0 + b - 1][j] + 1:
-                            b += 1
-                        em.load(core, 0, ed.at(choice_rows[r0 + a][j], c0), slot[s] + a * rowa,
-                                b - a, nc, ed.row_bytes, rowa, act, wait=wait, signal=[ld[s]])
+                    src = [choice_rows[t][j] for t in range(r0, r0 + nr)]
+                    for a, n in _runs(src):
+                        em.load(core, 0, ed.at(src[a], c0), slot[s] + a * rowa, n, nc,
+                                ed.row_bytes, rowa, act, wait=wait, signal=[ld[s]])
                         wait = []
                         n_ld[s] += 1
-                        a = b
                 else:
                     em.load(core, 0, ed.at(shared_rows[j] + r0, c0), slot[s], nr, nc,
                             ed.row_bytes, rowa, act, wait=wait, signal=[ld[s]])
