@@ -52,8 +52,8 @@ from tilesim.errors import InputError
 from tilesim.isa.opcodes import INSTR_DTYPE, MAX_WAITS, NO_SEM, Engine, Flag, Op, VecOp, blank
 from tilesim.isa.program import Program, ProgramBuilder
 from tilesim.programs.graph import expert_assignment
-from tilesim.programs.mapping import (ALIGN, align, ceil_div, nbytes, plan_matmul, row_blocks,
-                                      split)
+from tilesim.programs.mapping import (ALIGN, align, balance, ceil_div, nbytes, plan_matmul,
+                                      row_blocks, split)
 
 MAX_PROGRAM_STEPS = 20_000_000
 """Matrix instructions (ldw + mm) one program may hold. Measured: compiling deepseek-v3's
@@ -1108,7 +1108,9 @@ def emit_attention(em: Emitter, lay: Layout, job: AttnJob, act: str, kvdt: str) 
     mask_tiles: dict = {}
     qrow_bytes = job.q.row_bytes
     scale = 1.0 / math.sqrt(job.qk_dim)
-    for core, run in enumerate(split(len(units), em.cores)):
+    # cost of a unit: the key chunks it streams, plus its query load and output store
+    costs = [ceil_div(spans[qi][2], n) + 1 for _, _, _, qi, _, n in units]
+    for core, run in enumerate(balance(costs, em.cores)):
         if len(append_runs[core]):
             _append_rows(em, core, [appends[i] for i in append_runs[core]], job, stage, act,
                          kvdt, appended)

@@ -210,6 +210,24 @@ def split(units: int, cores: int) -> list[range]:
     return out
 
 
+def balance(costs: list[int], cores: int) -> list[list[int]]:
+    """Units per core: :func:`split`'s contiguous runs when every unit costs the same; else
+    the costliest unit first, each to the core with the least cost so far (the first such
+    core on a tie; LPT, within 4/3 of the best makespan), each core's units in unit order.
+    Causal attention's query blocks cost in proportion to the keys they see, so contiguous
+    runs of them left the last query blocks' cores with twice the mean work."""
+    if len(set(costs)) <= 1:
+        return [list(r) for r in split(len(costs), cores)]
+    import heapq
+    out: list[list[int]] = [[] for _ in range(cores)]
+    heap = [(0, c) for c in range(cores)]
+    for u in sorted(range(len(costs)), key=lambda u: (-costs[u], u)):
+        load, c = heapq.heappop(heap)
+        out[c].append(u)
+        heapq.heappush(heap, (load + costs[u], c))
+    return [sorted(units) for units in out]
+
+
 def row_blocks(rows: int, cols_bytes: int, budget: int) -> int:
     """Rows per block for a row-wise vector op whose per-row footprint is ``cols_bytes``."""
     return max(1, min(rows, budget // max(cols_bytes, 1)))
