@@ -211,12 +211,12 @@ def split(units: int, cores: int) -> list[range]:
 
 
 def balance(costs: list[int], cores: int) -> list[list[int]]:
-    """Units per core: :func:`split`'s contiguous runs when every unit costs the same; else
-    the costliest unit first, each to the core with the least cost so far (the first such
-    core on a tie; LPT, within 4/3 of the best makespan), each core's units in unit order.
-    Causal attention's query blocks cost in proportion to the keys they see, so contiguous
-    runs of them left the last query blocks' cores with twice the mean work."""
-    if len(set(costs)) <= 1:
+    """Units per core: :func:`split`'s contiguous runs when every unit costs the same or no
+    core gets two; else the costliest unit first, each to the core with the least cost so far
+    (the first such core on a tie; LPT, within 4/3 of the best makespan), each core's units in
+    unit order. Causal attention's query blocks cost in proportion to the keys they see, so
+    contiguous runs of them left the last query blocks' cores with twice the mean work."""
+    if len(set(costs)) <= 1 or len(costs) <= cores:
         return [list(r) for r in split(len(costs), cores)]
     import heapq
     out: list[list[int]] = [[] for _ in range(cores)]
