@@ -37,6 +37,7 @@ decode) is not worth it. A search takes 5 to 7 ms per op on h100-like shapes (me
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from tilesim.config import ChipConfig
@@ -218,7 +219,6 @@ def balance(costs: list[int], cores: int) -> list[list[int]]:
     contiguous runs of them left the last query blocks' cores with twice the mean work."""
     if len(set(costs)) <= 1 or len(costs) <= cores:
         return [list(r) for r in split(len(costs), cores)]
-    import heapq
     out: list[list[int]] = [[] for _ in range(cores)]
     heap = [(0, c) for c in range(cores)]
     for u in sorted(range(len(costs)), key=lambda u: (-costs[u], u)):

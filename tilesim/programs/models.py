@@ -700,7 +700,8 @@ def from_hf_config(path: str | Path, weight_dtype: str = "bf16", act_dtype: str 
                                        lo=0)
         kw["first_dense_layers"] = r.get(("first_k_dense_replace",), int,
                                          field="first_dense_layers", lo=0)
-        # transformers' DeepseekV3Config defaults routed_scaling_factor to 2.5
+        # DeepseekV3Config's default routed_scaling_factor is 2.5 (its __init__ signature, as
+        # vLLM's copy documents it: docs.vllm.ai, vllm.transformers_utils.configs.deepseek_v3)
         kw["routed_scale"] = float(r.get(("routed_scaling_factor",), float,
                                          field="routed_scale", default=2.5))
         return _build(kw, r)
