@@ -202,9 +202,10 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def linear(counter, x, w: dict, name: str, part: str) -> np.ndarray:
-    """``x @ w[name]`` (+ ``w[name + ".bias"]`` when the model has it)."""
-    y = counter.mm(x, w[name], part, name)
+def linear(counter, x, w: dict, name: str, part: str, op: str | None = None) -> np.ndarray:
+    """``x @ w[name]`` (+ ``w[name + ".bias"]`` when the model has it); MACs counted as
+    ``part`` of ``op`` (default: ``name``)."""
+    y = counter.mm(x, w[name], part, op or name)
     return y + w[name + ".bias"] if name + ".bias" in w else y
 
 
@@ -294,13 +295,10 @@ def _forward(spec, w, x, cache, start, counter, kv_round=None, moe_active=0):
 def _ffn(spec, w, p, h, counter, part, op=None):
     """The FFN whose matrices are ``p + "gate" / "up" / "down"`` (and biases, if any); MACs
     counted as ``part`` of ``op`` (default: each matrix's name, the dense graph's ops)."""
-    def lin(x, name):
-        y = counter.mm(x, w[p + name], part, op or p + name)
-        return y + w[p + name + ".bias"] if p + name + ".bias" in w else y
-
-    up = lin(h, "up")
-    a = silu(lin(h, "gate")) * up if spec.ffn_kind == "swiglu" else gelu(up)
-    return lin(a, "down")
+    up = linear(counter, h, w, p + "up", part, op)
+    a = (silu(linear(counter, h, w, p + "gate", part, op)) * up if spec.ffn_kind == "swiglu"
+         else gelu(up))
+    return linear(counter, a, w, p + "down", part, op)
 
 
 def _moe(spec, w, p, h, counter, active):

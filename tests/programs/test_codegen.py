@@ -326,13 +326,11 @@ def test_an_fp8_kv_cache_never_makes_attention_read_more():
     """deepseek-v3's prefill-256 attention on h100-like (MLA: 576-wide latent rows, 128 heads
     in groups that each stream every chunk): an fp8 cache must not read more than a bf16 one.
     Its append stage's converted copy, held through the op, used to cut a unit's query rows
-    from 15 to 7 (bf16: 23), so 19 head groups streamed the chunks instead of 9 (bf16: 6): at
-    prefill-512 1.51 GB and 1.56 M cycles against bf16's 0.98 GB and 0.87 M; then 0.76 GB and
-    0.80 M. At 256 the fp8 cache reads 209 MB against 265 MB but took 307 K cycles against
-    256 K: there its conversions and 9 head groups cost more time than the bytes save. Since
-    units go to the cores by cost (mapping.balance), the op compiled alone takes, bf16 against
-    fp8: 251 K and 290 K at 256 (261 K and 305 K before), 774 K and 700 K at 512 (870 K and
-    758 K). Measured, not asserted."""
+    from 15 to 7 (bf16: 23), so 19 head groups streamed the chunks instead of 9 (bf16: 6) and
+    prefill-512 read 1.51 GB against bf16's 0.98 GB; now 0.76 GB. At 256 the fp8 cache reads
+    209 MB against 265 MB. Its cycles, the op compiled alone, bf16 against fp8 (measured, not
+    asserted): 251 K and 290 K at 256 (its conversions and 9 head groups cost more than the
+    bytes save), 774 K and 700 K at 512."""
     cfg = config.load("h100-like-hbm3")
     got = {}
     for kv in ("bf16", "fp8e4m3"):

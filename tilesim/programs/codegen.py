@@ -1809,7 +1809,7 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
             emit_topk(em, t("rs", T, node["experts"]), t("tk", T, node["top_k"], "fp32"), T,
                       node["experts"], node["top_k"], act)
         elif kind == "moe_experts":
-            _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights)
+            _emit_experts(em, lay, node, spec, T, hbuf, wdt, act, weights)
         else:
             raise ValueError(f"codegen: no rule for op kind {kind}")
     if cfg.memory is not None and lay.top > (cap := dram.capacity_bytes(cfg.memory)):
@@ -1824,7 +1824,7 @@ def compile_nodes(spec, nodes: list, cfg: ChipConfig, phase: str, batch: int, co
     return Compiled(prog, tags, list(em.ops), lay, fused)
 
 
-def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
+def _emit_experts(em, lay, node, spec, T, hbuf, wdt, act, weights) -> None:
     """A MoE layer after its router and top-k: each routed expert's tokens gathered into one
     block of rows (``dispatch``; which tokens: graph.expert_assignment), the gate weights of
     every token's experts from the router's scores (``gates``), per group of experts with the
@@ -1844,13 +1844,17 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
     if node["shared_experts"]:
         groups.setdefault(-T, []).extend(range(node["shared_experts"]))
     nm = node["name"]
-    total = sum(abs(n) * len(es) for n, es in groups.items())
-    first: dict[tuple[str, int], int] = {}        # (routed | shared, expert) -> its first row
+    # the expert-major row layout every expert tensor shares: groups by token count, the
+    # shared experts (all T tokens) first, each expert's rows one after another
+    layout = []                                   # (tag, rows each, experts, first rows)
     row = 0
     for n_tok, experts in sorted(groups.items()):
-        for i, e in enumerate(experts):
-            first["shared" if n_tok < 0 else "routed", e] = row + i * abs(n_tok)
-        row += abs(n_tok) * len(experts)
+        m = abs(n_tok)
+        layout.append(("shared" if n_tok < 0 else "routed", m, experts,
+                       [row + i * m for i in range(len(experts))]))
+        row += m * len(experts)
+    total = row
+    first = {(tag, e): r for tag, _, experts, rows in layout for e, r in zip(experts, rows)}
     active = node["active_experts"]
     assign = expert_assignment(T, k, active)
     choice_rows = [[first["routed", e] + (t * k + j) // active for j, e in enumerate(es)]
@@ -1861,50 +1865,38 @@ def _emit_experts(em, lay, node, spec, T, hbuf, x, wdt, act, weights) -> None:
     ea = lay.tensor("ea", total, width, act)
     ed = lay.tensor("ed", total, d, act)
     gates = lay.tensor("eg", k, T, "fp32")
-    src_of = {r: t for t, rows in enumerate(choice_rows) for r in rows}
     em.begin(f"{nm}.dispatch")
-    emit_gather(em, hbuf, xe, sorted(src_of.items()), act)
+    emit_gather(em, hbuf, xe, sorted((r, t) for t, rows in enumerate(choice_rows)
+                                     for r in rows), act)
     em.begin(f"{nm}.gates")
     emit_gates(em, lay.tensor("rs", T, node["experts"], act), gates, assign, spec.router_bias,
                spec.routed_scale, act)
     fn = node["fn"]
     parts = ("gate", "up", "down") if fn == "silu_mul" else ("up", "down")
     if weights is not None:
-        L = node["layer"]
-        for n_tok, experts in groups.items():
-            tag = "shared" if n_tok < 0 else "routed"
+        for tag, m, experts, _ in layout:
+            name = "shared" if tag == "shared" else "expert"
             for part in parts:
-                mats = [np.asarray(weights[f"layer{L}.{'shared' if n_tok < 0 else 'expert'}"
-                                           f"{e}.{part}"]) for e in experts]
-                weights[f"{nm}.{tag}{abs(n_tok)}.{part}"] = \
+                mats = [np.asarray(weights[f"layer{node['layer']}.{name}{e}.{part}"])
+                        for e in experts]
+                weights[f"{nm}.{tag}{m}.{part}"] = \
                     np.stack(mats) if len(mats) > 1 else mats[0]    # emit_matmul's count
-    row = 0
-    for n_tok, experts in sorted(groups.items()):
-        m = abs(n_tok)
-        rows = [row + i * m for i in range(len(experts))]
-        tag = "shared" if n_tok < 0 else "routed"
-        src, x_rows = (hbuf, [0]) if n_tok < 0 else (xe, rows)
+    for tag, m, experts, rows in layout:
+        src, x_rows = (hbuf, [0]) if tag == "shared" else (xe, rows)
         for part, out in (("gate", eh), ("up", eu)):
-            if part not in parts:
-                continue
-            job = MatmulJob(f"{nm}.{part}", m, d, width, len(experts), src, out,
-                            f"{nm}.{tag}{m}.{part}", x_rows=x_rows, y_rows=rows)
-            em.begin(f"{nm}.{tag}{m}.{part}")
-            emit_matmul(em, lay, job, wdt, act, weights)
-        row += m * len(experts)
+            if part in parts:
+                job = MatmulJob(f"{nm}.{part}", m, d, width, len(experts), src, out,
+                                f"{nm}.{tag}{m}.{part}", x_rows=x_rows, y_rows=rows)
+                em.begin(f"{nm}.{tag}{m}.{part}")
+                emit_matmul(em, lay, job, wdt, act, weights)
     em.begin(f"{nm}.act")
     emit_binary(em, eh if fn == "silu_mul" else eu, eu, ea, total, width,
                 "silu_mul" if fn == "silu_mul" else "gelu", act)
-    row = 0
-    for n_tok, experts in sorted(groups.items()):
-        m = abs(n_tok)
-        rows = [row + i * m for i in range(len(experts))]
-        tag = "shared" if n_tok < 0 else "routed"
+    for tag, m, experts, rows in layout:
         job = MatmulJob(f"{nm}.down", m, width, d, len(experts), ea, ed, f"{nm}.{tag}{m}.down",
                         x_rows=rows, y_rows=rows)
         em.begin(f"{nm}.{tag}{m}.down")
         emit_matmul(em, lay, job, wdt, act, weights)
-        row += m * len(experts)
     em.begin(f"{nm}.combine")
     emit_combine(em, ed, gates, lay.tensor("f", T, d, act), choice_rows,
                  [first["shared", j] for j in range(node["shared_experts"])], act)
