@@ -908,6 +908,20 @@ def test_matmul_plan_sram_is_what_the_code_allocates(wdt, act, m):
     assert max(em.sram_top) == plan.sram_bytes <= cfg.cores.sram.size_bytes
 
 
+def _run_matmul(cfg, m, k, n, only=None):
+    """(program, stats) of one bf16 matmul Y[m x n] = X @ W on ``cfg``, timing only; ``only``
+    forces plan fields (mapping.plan_matmul)."""
+    em = codegen.Emitter(cfg, "t")
+    em.matmul_only = only
+    lay = codegen.Layout()
+    x, y = lay.tensor("x", m, k, "bf16"), lay.tensor("y", m, n, "bf16")
+    em.begin("mm")
+    codegen.emit_matmul(em, lay, codegen.MatmulJob("mm", m, k, n, 1, x, y, "w"), "bf16",
+                        "bf16", None)
+    prog, _ = em.build()
+    return prog, chip.run(prog, cfg)
+
+
 def test_a_tiles_store_waits_behind_the_next_tiles_first_loads(monkeypatch):
     """A DMA queue runs in order, so a tile's store placed where the tile ends sat at the head
     of the queue until the tile's last mm and its conversion were done, and then until its
@@ -917,28 +931,39 @@ def test_a_tiles_store_waits_behind_the_next_tiles_first_loads(monkeypatch):
     bytes and MACs, and fewer cycles (measured: 52,702 against 54,018 with the store in place;
     a batch-1024 FFN gate, 126.9 K against 132.3 K)."""
     cfg = config.load("h100-like-hbm3")
-    m, k, n = 64, 1024, 32768
-
-    def run():
-        em = codegen.Emitter(cfg, "t")
-        lay = codegen.Layout()
-        x, y = lay.tensor("x", m, k, "bf16"), lay.tensor("y", m, n, "bf16")
-        em.begin("mm")
-        codegen.emit_matmul(em, lay, codegen.MatmulJob("mm", m, k, n, 1, x, y, "w"), "bf16",
-                            "bf16", None)
-        prog, _ = em.build()
-        return prog, chip.run(prog, cfg)
-
-    prog, now = run()
+    prog, now = _run_matmul(cfg, 64, 1024, 32768)
     stores = prog.instrs["op"] == Op.STORE
     assert stores.sum() == 512                              # one per tile
     in_place = codegen._store_tile
     monkeypatch.setattr(codegen, "_store_tile",
                         lambda *a, defer=None, **kw: in_place(*a[:15], **kw))
-    _, before = run()
+    _, before = _run_matmul(cfg, 64, 1024, 32768)
     assert (now.dram_read_bytes, now.dram_write_bytes, now.macs) == \
         (before.dram_read_bytes, before.dram_write_bytes, before.macs)
     assert now.cycles < 0.99 * before.cycles, (now.cycles, before.cycles)
+
+
+def test_n_tiles_wider_than_a_narrow_array_cut_x_rereads_where_x_rows_are_many():
+    """mapping.WIDE: on blackhole-like-gddr6 (32-column arrays) a 256 x 2048 @ 2048 x 4096
+    matmul takes n-tiles wider than the array, run as sub-tiles, and reads X fewer times: the
+    same MACs, fewer DRAM bytes and fewer cycles than the best plan of 32-column tiles
+    (measured: 20.97 MB against 25.17 MB, 81.9 K cycles against 92.3 K). Decode-sized
+    matmuls (no more X rows than the array has) keep array-wide tiles: on h100-like,
+    llama-3-8b's batch-1 gate_up and deepseek-v3's batch-8 output projection, where wide
+    tiles would leave cores idle while the weights stream."""
+    from tilesim.programs.mapping import plan_matmul
+    cfg = config.load("blackhole-like-gddr6")
+    cols = cfg.cores.systolic.cols
+    m, k, n = 256, 2048, 4096
+    (_, wide), (_, narrow) = (_run_matmul(cfg, m, k, n, only) for only in (None, {"w": cols}))
+    assert plan_matmul(m, k, n, 1, cfg, in_dt="bf16", w_dt="bf16", act_dt="bf16").w > cols
+    assert wide.macs == narrow.macs and sum(wide.macs.values()) == m * k * n
+    assert wide.dram_read_bytes < 0.9 * narrow.dram_read_bytes
+    assert wide.cycles < 0.95 * narrow.cycles, (wide.cycles, narrow.cycles)
+    h100 = config.load("h100-like-hbm3")
+    for shape in ((1, 4096, 28672), (8, 16384, 7168)):
+        plan = plan_matmul(*shape, 1, h100, in_dt="bf16", w_dt="bf16", act_dt="bf16")
+        assert plan.w <= h100.cores.systolic.cols
 
 
 def _four_core_fp32():
@@ -957,14 +982,21 @@ def _four_core_fp32():
     {"gm": 4, "gn": 1, "mb": 8, "w": 8, "kl": 32},
     {"gm": 1, "gn": 3, "mb": 28, "w": 8, "kl": 8},
     {"gm": 1, "gn": 1, "mb": 8, "w": 8, "resident": False},
+    {"gm": 1, "gn": 2, "mb": 8, "w": 16, "kl": 8},     # n-tiles of 2 sub-tiles, the last of 4
+    {"gm": 2, "gn": 1, "mb": 8, "w": 20, "kl": 8},     # one n-tile: sub-tiles of 8, 8 and 4
+    {"gm": 1, "gn": 1, "mb": 8, "w": 16, "resident": False},
 ])
 @pytest.mark.parametrize("act", ["fp32", "bf16"])
 def test_multicast_matmul_grid_equals_numpy_and_reads_each_block_once_per_group(only, act):
-    """Y = X @ W on 4 cores with a forced multicast grid (mapping: *Multicast groups*): the
-    result equals numpy, every MAC is executed, and DRAM serves W ceil(m-blocks / gm) times and
-    X ceil(n-tiles / gn) times, the traffic the mapper estimates."""
+    """Y = X @ W on 4 cores with a forced multicast grid (mapping: *Multicast groups*), and
+    with n-tiles wider than the 8-column arrays (mapping.WIDE: run as sub-tiles): the result
+    equals numpy, every MAC is executed, and DRAM serves W ceil(m-blocks / gm) times and X
+    ceil(n-tiles / gn) times, the traffic the mapper estimates. (16 B NoC flits, so that
+    8-element X pieces fill one, as wide plans need.)"""
     from tilesim.programs.mapping import ceil_div, nbytes
-    cfg = _four_core_fp32()
+    d = config.to_dict(_four_core_fp32())
+    d["noc"]["link_width_bytes"] = 16
+    cfg = config.from_dict(d)
     m, k, n = 28, 40, 20            # partial last m-block, n-tile and K chunk
     rng = np.random.default_rng(5)
     xv, wv = rng.standard_normal((m, k)), rng.standard_normal((k, n))

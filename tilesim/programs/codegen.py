@@ -348,7 +348,8 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
     m, k, n = job.m, job.k, job.n
     w, mb, kt, kl = plan.w, plan.mb, plan.kt, plan.kl
     n_tiles, m_blocks = ceil_div(n, w), ceil_div(m, mb)
-    em.matmul_steps += 2 * job.count * m_blocks * n_tiles * ceil_div(k, kt)   # ldw + mm
+    em.matmul_steps += (2 * job.count * m_blocks * n_tiles * ceil_div(k, kt)   # ldw + mm
+                        * ceil_div(w, sa.cols))
     if em.matmul_steps > MAX_PROGRAM_STEPS:
         raise InputError(
             f"{cfg.name}: op {job.name} ({f'{job.count} products of ' if job.count > 1 else ''}"
@@ -458,7 +459,7 @@ def emit_matmul(em: Emitter, lay: Layout, job: MatmulJob, wdt: str, act: str,
                 em.emit_block(core, Engine.MATRIX, _ldw_mm_run(
                     kr, kt, wj, rows, ws[slot], w_dt, a_addr, a_k0, a_row, in_dt, acc, acc_dt,
                     wait_mat, [(outd, n_acc)] if s == 0 and n_acc else [], s == 0,
-                    [empty[slot]] + ([accd] if s == steps - 1 else [])))
+                    [empty[slot]] + ([accd] if s == steps - 1 else []), sa.cols))
                 uses[slot] += 1
                 n_chunk += 1
                 if s == min(1, steps - 1):
@@ -612,7 +613,7 @@ def _emit_matmul_grid(em: Emitter, job: MatmulJob, plan, wt: list, wdt: str, act
                         em.emit_block(core, Engine.MATRIX, _ldw_mm_run(
                             kr, kt, wjs[b], rows[a], ws[slot], w_dt, xs[slot], 0,
                             nbytes(kr, in_dt), in_dt, acc, acc_dt, ldw_wait, mm_wait, s == 0,
-                            [empty[slot]] + ([q["accd"]] if s == steps - 1 else [])))
+                            [empty[slot]] + ([q["accd"]] if s == steps - 1 else []), sa.cols))
                 released[slot] += na * nb
                 n_chunk += 1
                 if s == min(1, steps - 1):
@@ -638,22 +639,27 @@ def _shares(rows: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _ldw_mm_run(kr, kt, wj, rows, w_addr, w_dt, a_addr, a_k0, a_row, in_dt, acc, acc_dt,
-                ldw_wait, mm_wait, first, signal) -> np.ndarray:
-    """The matrix engine's records for one weight chunk of ``kr`` K-rows: per step of ``kt``
-    rows an ``ldw`` of the ``kt x wj`` tile at ``w_addr`` and an ``mm`` streaming ``rows`` rows
-    of X (from K-offset ``a_k0`` of the block at ``a_addr``) into the accumulator. The first
-    ldw waits on ``ldw_wait``, the first mm on ``mm_wait``; the first mm of a tile (``first``)
+                ldw_wait, mm_wait, first, signal, cols) -> np.ndarray:
+    """The matrix engine's records for one weight chunk of ``kr`` K-rows and ``wj`` columns,
+    in sub-tiles of at most the array's ``cols``: per step of ``kt`` rows and per sub-tile an
+    ``ldw`` of its ``kt x cols`` piece of the chunk at ``w_addr`` and an ``mm`` streaming
+    ``rows`` rows of X (from K-offset ``a_k0`` of the block at ``a_addr``) into its columns of
+    the accumulator, so every X row read from SRAM meets ``wj`` columns of weights. The first
+    ldw waits on ``ldw_wait``, the first mm on ``mm_wait``; a tile's first step (``first``)
     overwrites the accumulator, the rest accumulate; the last mm signals ``signal``. Built by
     patching the template's bytes (a matmul emits tens of thousands of chunks)."""
-    raw, ldw_src, mm_k = _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt)
+    raw, ldw_src, mm_k, mm_dst = _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt,
+                                                  acc_dt, cols)
     buf = bytearray(raw)
     size, bits = INSTR_DTYPE.itemsize, DTYPES[in_dt].bits
-    for j, (src, k) in enumerate(zip(ldw_src, mm_k)):
+    for j, (src, k, dst) in enumerate(zip(ldw_src, mm_k, mm_dst)):
         o = 2 * j * size
         _Q.pack_into(buf, o + _F_SRC, src + w_addr)
-        _QQQ.pack_into(buf, o + size + _F_SRC, a_addr + ((a_k0 + k) * bits + 7) // 8, 0, acc)
+        _QQQ.pack_into(buf, o + size + _F_SRC, a_addr + ((a_k0 + k) * bits + 7) // 8, 0,
+                       acc + dst)
     if first:
-        buf[size + _F_FLAGS] = 0
+        for j in range(ceil_div(wj, cols)):
+            buf[(2 * j + 1) * size + _F_FLAGS] = 0
     for o, waits in ((0, ldw_wait), (size, mm_wait)):
         for i, (sem, count) in enumerate(waits):
             _I.pack_into(buf, o + _F_WAIT + 4 * i, sem)
@@ -671,28 +677,32 @@ assert INSTR_DTYPE.fields["dst_addr"][1] == _F_SRC + 16     # src, src2, dst: on
 
 
 @functools.lru_cache(maxsize=256)
-def _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt):
+def _ldw_mm_template(kr, kt, wj, rows, w_dt, a_row, in_dt, acc_dt, cols):
     """What :func:`_ldw_mm_run` emits for these sizes with every address 0, no waits and no
     signals, as bytes (copied and filled in per chunk: a matmul emits tens of thousands of
-    chunks of a handful of shapes), each step's ldw source offset (bytes) and mm K offset
-    (elements)."""
-    steps = ceil_div(kr, kt)
-    t = np.arange(steps, dtype=np.int64) * kt
+    chunks of a handful of shapes), and per (step, sub-tile) pair the ldw's source offset
+    (bytes), the mm's K offset (elements) and its accumulator offset (bytes)."""
+    steps, subs = ceil_div(kr, kt), ceil_div(wj, cols)
+    t = np.repeat(np.arange(steps, dtype=np.int64) * kt, subs)      # step-major pairs
+    c0 = np.tile(np.arange(subs, dtype=np.int64) * cols, steps)
     kk = np.minimum(kt, kr - t)
-    blk = blank(2 * steps)
+    cw = np.minimum(cols, wj - c0)
+    blk = blank(2 * steps * subs)
     ldw, mm = blk[0::2], blk[1::2]
     ldw["op"] = Op.LDW
-    ldw["src_addr"] = (t * wj * DTYPES[w_dt].bits + 7) // 8
-    ldw["k"], ldw["n"] = kk, wj
+    ldw["src_addr"] = ((t * wj + c0) * DTYPES[w_dt].bits + 7) // 8
+    ldw["k"], ldw["n"] = kk, cw
     ldw["src_stride"][:, 2] = nbytes(wj, w_dt)
     ldw["dtype"] = _code(w_dt)
     mm["op"] = Op.MM
-    mm["m"], mm["k"], mm["n"] = rows, kk, wj
+    mm["m"], mm["k"], mm["n"] = rows, kk, cw
     mm["src_stride"][:, 2] = a_row
     mm["dst_stride"][:, 2] = nbytes(wj, acc_dt)
     mm["dtype"], mm["dtype2"] = _code(in_dt), _code(acc_dt)
     mm["flags"] = int(Flag.ACCUMULATE)
-    return blk.tobytes(), tuple(int(v) for v in ldw["src_addr"]), tuple(int(v) for v in t)
+    dst = (c0 * DTYPES[acc_dt].bits + 7) // 8
+    return (blk.tobytes(), tuple(int(v) for v in ldw["src_addr"]), tuple(int(v) for v in t),
+            tuple(int(v) for v in dst))
 
 
 # ============================================================================================

@@ -1,10 +1,11 @@
 """Mapping: how one matmul is cut into tiles and spread over the cores.
 
 A matmul ``Y[m x n] = X[m x k] @ W[k x n]`` (``count`` independent ones for per-head or
-per-expert products) is cut into *n-tiles* of ``w`` columns (w <= array cols) and *m-blocks* of
-``mb`` rows. A unit of work is one (product, m-block, n-tile); the cores take contiguous runs of
-units. Inside a unit the matrix engine walks K in steps of the array's rows: per step one
-``ldw`` of a ``kt x w`` weight tile and one ``mm`` that streams the m-block through it,
+per-expert products) is cut into *n-tiles* of ``w`` columns and *m-blocks* of ``mb`` rows. A
+unit of work is one (product, m-block, n-tile); the cores take contiguous runs of units.
+Inside a unit the matrix engine walks K in steps of the array's rows: per step and per
+sub-tile of at most the array's columns (one, unless ``w`` is wider than the array) one
+``ldw`` of a ``kt x cols`` weight tile and one ``mm`` that streams the m-block through it,
 accumulating into a ``mb x w`` tile (acc dtype) that is converted and stored when K is done.
 Weights stream from DRAM in chunks of ``kl`` rows (several array-row steps per DMA), double
 buffered; X is either resident (its ``mb x k`` block loaded once per m-block and reused for
@@ -30,10 +31,12 @@ gn) that fits the SRAM with double buffering it estimates
     time      >= max(DRAM bytes / peak DRAM bandwidth,
                      per-core MM streaming cycles of its busiest core)
 
-and keeps the fastest, then the one with the least DRAM traffic. A multicast grid must beat
+and keeps the fastest, then the one with the least DRAM traffic, then the array's width (of
+wider tiles, the narrowest: more units to spread). A multicast grid must beat
 the best plan without one by ``MCAST_GAIN`` of the estimated time: groups step in lockstep,
 which the estimate does not see, so a grid that only trims a little X traffic (batch-1
-decode) is not worth it. A search takes 5 to 7 ms per op on h100-like shapes (measured).
+decode) is not worth it. A search takes 1 to 15 ms per op on h100-like shapes (measured with the
+wide tiles, on a busy 2-core machine).
 """
 from __future__ import annotations
 
@@ -44,6 +47,23 @@ from tilesim.config import ChipConfig
 from tilesim.dtypes import DTYPES
 
 ALIGN = 256
+WIDE = (2, 4, 8)
+"""n-tiles of this many times the array's columns are tried too: the core runs them as
+sub-tiles, so each X chunk it reads meets more weights (fewer X re-reads where the arrays are
+narrow, e.g. 32 columns), at the cost of a wider accumulator. On blackhole-like-gddr6 (32 x 32
+arrays) a 512 x 14336 @ 14336 x 4096 matmul reads 176 MB instead of 235 MB and takes 553 K
+cycles instead of 712 K. Two things the estimate does not see limit them: streamed X pieces (a
+row's ``kl`` elements) must fill a NoC flit (with 64 B pieces in 256 B flits, h100-like's
+``kl`` 32, llama-3-8b's prefill-512 took 2.5% longer for 23% fewer bytes), and a unit needs
+at least four K chunks (with two, the first, large, chunk's load is not hidden: 256 x 2048 @
+2048 x 4096 there took 97.4 K cycles against 92.3 K). Only for more X rows than the array has:
+with fewer (decode) each weight is used for few rows, the op streams weights, and what sets its
+speed is how many cores stream them (deepseek-v3's 8 x 16384 @ 16384 x 7168 at batch 8 would
+take 256-column tiles on 28 of h100-like's 132 cores for 8% fewer bytes)."""
+WIDE_GAIN = 0.05
+"""A plan with n-tiles wider than the array is chosen over the best without only when it
+saves at least this fraction of the estimated time or of the DRAM bytes
+(:func:`_narrow_or_wide`)."""
 MCAST_GAIN = 0.05
 """A multicast grid is chosen only when its time estimate is at least this fraction lower than
 the best plan without one."""
@@ -58,7 +78,7 @@ def nbytes(elements: int, dtype: str) -> int:
 class MatmulPlan:
     """Tile sizes (elements) and the split over cores of one matmul."""
 
-    w: int              # n-tile width (<= array cols)
+    w: int              # n-tile width (sub-tiles of the array's cols when wider)
     mb: int             # m-block rows
     kt: int             # K per ldw (<= array rows)
     kl: int             # K rows per weight DMA chunk (a multiple of kt, or all of K)
@@ -118,14 +138,17 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
     kt = min(rows, k)
     mcast = cfg.cores.dma.multicast_cores    # the largest group that may share a tile
     peak = dram_bytes_per_cycle(cfg)
-    best = None       # without multicast
-    best_mc = None    # with a multicast grid
+    flit = cfg.noc.link_width_bytes
+    best = {False: None, True: None}       # without multicast, by "w wider than the array"
+    best_mc = {False: None, True: None}    # with a multicast grid
     widths = sorted({min(cols, n)} | {w for w in (cols // 2, cols // 4, cols // 8)
-                                      if w >= 8 and w < n})
+                                      if w >= 8 and w < n}
+                    | {min(n, cols * f) for f in WIDE if cols * f // 2 < n and m > rows})
     mbs = sorted({min(m, x) for x in (m, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 1)})
     kls = sorted({min(k, kt * f) for f in (1, 2, 4, 8, 16, 32, 64)})
     for w in widths:
         n_tiles = -(-n // w)
+        subs = -(-w // cols)                 # ldw + mm pairs per K step
         for mb in mbs:
             m_blocks = -(-m // mb)
             units = count * m_blocks * n_tiles
@@ -139,6 +162,9 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                         continue
                     if not allowed(w=w, mb=mb, kl=kl):
                         continue
+                    if w > cols and (k < 4 * kl or not resident
+                                     and nbytes(kl, act_dt) < flit):
+                        continue                 # see WIDE
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
                     # resident X is loaded once per (core, m-block) it works on
                     x_copies = min(used, n_tiles * count) if resident else n_tiles
@@ -146,13 +172,14 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                     ybytes = count * nbytes(m * n, act_dt)
                     dram = wbytes + xbytes + ybytes
                     k_steps = -(-k // kt)
-                    mm = per_core * k_steps * (mb + rows)      # rows stream + ldw per step
+                    mm = per_core * k_steps * subs * (mb + rows)   # rows stream + ldw
                     est = max(dram / peak, mm)
-                    key = (est, dram, -w, -kl)
-                    if allowed(resident=resident, gm=1, gn=1) and (best is None
-                                                                   or key < best[0]):
-                        best = (key, MatmulPlan(w, mb, kt, kl, resident, used, units, need,
-                                                int(dram), float(est)))
+                    key = (est, dram, -min(w, cols), w, -kl)
+                    wide = w > cols
+                    if allowed(resident=resident, gm=1, gn=1) and (best[wide] is None
+                                                                   or key < best[wide][0]):
+                        best[wide] = (key, MatmulPlan(w, mb, kt, kl, resident, used, units,
+                                                      need, int(dram), float(est)))
                     if resident:
                         continue
                     for gm, gn in _grids(m_blocks, n_tiles, min(cores, mcast)):
@@ -162,13 +189,15 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                         supers = count * -(-m_blocks // gm) * -(-n_tiles // gn)
                         dram = (count * nbytes(k * n, w_dt) * -(-m_blocks // gm)
                                 + count * nbytes(m * k, act_dt) * -(-n_tiles // gn) + ybytes)
-                        mm = -(-supers // groups) * k_steps * (mb + rows)
+                        mm = -(-supers // groups) * k_steps * subs * (mb + rows)
                         est = max(dram / peak, mm)
-                        key = (est, dram, -w, -kl, gm * gn)
-                        if best_mc is None or key < best_mc[0]:
+                        key = (est, dram, -min(w, cols), w, -kl, gm * gn)
+                        if best_mc[wide] is None or key < best_mc[wide][0]:
                             used = min(cores, supers * gm * gn, groups * gm * gn)
-                            best_mc = (key, MatmulPlan(w, mb, kt, kl, False, used, units, need,
-                                                       int(dram), float(est), gm, gn))
+                            best_mc[wide] = (key, MatmulPlan(w, mb, kt, kl, False, used, units,
+                                                             need, int(dram), float(est), gm,
+                                                             gn))
+    best, best_mc = _narrow_or_wide(best), _narrow_or_wide(best_mc)
     if best_mc is not None and (best is None or
                                 best_mc[1].est_cycles <= (1 - MCAST_GAIN) * best[1].est_cycles):
         return best_mc[1]
@@ -181,6 +210,22 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
         raise InputError(f"{cfg.name}: a {m} x {k} @ {k} x {n} matmul does not fit "
                          f"cores.sram.size_bytes = {size} even with one-row tiles")
     return best[1]
+
+
+def _narrow_or_wide(best: dict):
+    """The better of the best plan with n-tiles at most the array's width (``best[False]``)
+    and the best with wider ones (``best[True]``), each a (key, plan) or None. A wide plan
+    must be at least as fast by the estimate and gain ``WIDE_GAIN`` of its time or of its
+    DRAM traffic: by the estimate alone a batch-1 decode would take 512-column tiles on h100-like for 0.4% less X
+    traffic, and stream its weights through 56 of the 132 cores."""
+    narrow, wide = best[False], best[True]
+    if wide is None or narrow is None:
+        return narrow or wide
+    a, b = narrow[1], wide[1]
+    if b.est_cycles <= a.est_cycles and (b.est_cycles <= (1 - WIDE_GAIN) * a.est_cycles
+                                         or b.dram_bytes <= (1 - WIDE_GAIN) * a.dram_bytes):
+        return wide
+    return narrow
 
 
 def _grids(m_blocks: int, n_tiles: int, cores: int) -> list[tuple[int, int]]:
