@@ -58,8 +58,10 @@ row's ``kl`` elements) must fill a NoC flit (with 64 B pieces in 256 B flits, h1
 at least four K chunks (with two, the first, large, chunk's load is not hidden: 256 x 2048 @
 2048 x 4096 there took 97.4 K cycles against 92.3 K). Only for more X rows than the array has:
 with fewer (decode) each weight is used for few rows, the op streams weights, and what sets its
-speed is how many cores stream them (deepseek-v3's 8 x 16384 @ 16384 x 7168 at batch 8 would
-take 256-column tiles on 28 of h100-like's 132 cores for 8% fewer bytes)."""
+speed is how many cores stream them (deepseek-v3's 8 x 16384 @ 16384 x 7168 at batch 8 took
+256-column tiles on 28 of h100-like's 132 cores, 242 MB by the estimate against 264 MB for
+64-column tiles without multicast; it keeps 64-column tiles in multicast groups on 112
+cores, 237 MB)."""
 WIDE_GAIN = 0.05
 """A plan with n-tiles wider than the array is chosen over the best without only when it
 saves at least this fraction of the estimated time or of the DRAM bytes
@@ -162,8 +164,8 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                         continue
                     if not allowed(w=w, mb=mb, kl=kl):
                         continue
-                    if w > cols and (k < 4 * kl or not resident
-                                     and nbytes(kl, act_dt) < flit):
+                    if w > cols and (k < 4 * kl or (not resident
+                                                    and nbytes(kl, act_dt) < flit)):
                         continue                 # see WIDE
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
                     # resident X is loaded once per (core, m-block) it works on
@@ -218,7 +220,7 @@ def _narrow_or_wide(best: dict):
     must be at least as fast by the estimate and gain ``WIDE_GAIN`` of its time or of its
     DRAM traffic: a small gain in the estimate is not worth fewer, larger units (without this
     rule, and were wide tiles tried for decode, llama-3-8b's batch-1 gate_up on h100-like
-    would take 512-column tiles for 0.4% less X traffic, streaming its weights through 56 of
+    would take 512-column tiles for 0.3% fewer DRAM bytes, streaming its weights through 56 of
     the 132 cores)."""
     narrow, wide = best[False], best[True]
     if wide is None or narrow is None:
