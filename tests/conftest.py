@@ -34,3 +34,24 @@ CONFIGS = ROOT / "configs"
 def teach_cfg():
     from tilesim import config
     return config.load("teach-4x4")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """Under pytest-xdist (``-n N``), compile the chip's event loop here, once, before the
+    workers start; they then load it from the cache. Otherwise every worker compiles the same
+    functions at the same time: on a 2-core machine, 250 s in each against 111 s alone."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    cache = Path(os.environ["NUMBA_CACHE_DIR"])
+    if not any(cache.rglob("_engine.chip_run-*.nbc")):
+        config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"compiling the event loop once for the workers into {cache} (about 2 min on 2 "
+            f"cores)")
+    from tilesim import config as chip_config
+    from tilesim.arch import chip
+    from tilesim.isa import assemble
+    from tilesim.programs.examples import path
+    chip.run(assemble(path("gemm_double_buffered").read_text(), "warm-up"),
+             chip_config.load("teach-4x4"))
