@@ -4,12 +4,12 @@
 
 Runs one case of benchmarks/fingerprint.py (default: layer 0 of a llama-3-8b decode) in a
 child process under Linux ``perf record``, with numba's line tables (NUMBA_DEBUGINFO=1, in a
-cache of its own, .numba_cache/debuginfo-<source hash>: about 2 minutes to compile the first
+cache of its own, .numba_cache/debuginfo-<source hash>: about 5 minutes to compile the first
 time). The child finds where chip_run's object code (from that cache) sits in its memory; each
 sample inside it goes to the source line addr2line gives, and that line to the function it is
 written in (an ``inline="always"`` helper counts as itself, not as its caller), and within
 ``_chip_loop`` to the event kind whose branch it is in. Samples with no line (code the
-compiler merged from several) are shown as such. Needs perf, addr2line, nm and objdump.
+compiler merged from several) are shown as such. Needs perf, addr2line and objdump.
 
 Use it before optimising the loop. On 2026-12-03, of the llama layer's samples that had a line
 (73%), the DRAM controller took 53% (``_dram_step``, its scan and column command, 32%), SRAM
@@ -33,14 +33,27 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+import fingerprint  # noqa: E402
+from conftest import _source_hash  # noqa: E402
+
 ENGINE = ROOT / "tilesim" / "arch" / "_engine.py"
-TOOLS = ("perf", "addr2line", "nm", "objdump")
+TOOLS = ("perf", "addr2line", "objdump")
+
+
+def _run(cmd: list, what: str, **kw) -> subprocess.CompletedProcess:
+    """``cmd``, or one line saying what failed and its last line of error output."""
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise SystemExit(f"profile_loop.py: {what} failed (exit {r.returncode}): {last}")
+    return r
 
 
 def _code_section(obj: Path) -> tuple[str, int, int]:
     """(name, file offset, size) of the object's largest code section (.text or .ltext)."""
-    out = subprocess.run(["objdump", "-h", str(obj)], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = _run(["objdump", "-h", str(obj)], "objdump").stdout.splitlines()
     best = None
     for a, b in zip(out, out[1:]):
         f = a.split()
@@ -53,16 +66,16 @@ def _code_section(obj: Path) -> tuple[str, int, int]:
     return best
 
 
-def child(out: Path, case: str) -> None:
-    """Run ``case`` twice (the first loads or compiles the loop); write chip_run's object code
-    and where it was loaded (out/chip.o, out/base) in between."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fingerprint
+def child(out: Path | None, case: str) -> None:
+    """Run ``case`` (which loads or compiles the loop); then, given ``out``, write chip_run's
+    object code and where it was loaded (out/chip.o, out/base) and run the case again."""
     from tilesim.arch import chip
 
     runs = list(fingerprint.CASES[case]())
     for _, prog, cfg in runs:
         chip.run(prog, cfg, validate=False)
+    if out is None:
+        return
     regions = []
     for line in open("/proc/self/maps"):
         f = line.split()
@@ -71,7 +84,10 @@ def child(out: Path, case: str) -> None:
             regions.append((lo, ctypes.string_at(lo, hi - lo)))
     best = None
     for nbc in glob.glob(os.environ["NUMBA_CACHE_DIR"] + "/*/_engine.chip_run-*.nbc"):
-        code = pickle.loads(Path(nbc).read_bytes())[0][2][0]     # the library's object code
+        try:
+            code = pickle.loads(Path(nbc).read_bytes())[0][2][0]  # the library's object code
+        except (IndexError, TypeError, pickle.UnpicklingError) as e:
+            raise SystemExit(f"{nbc}: not a numba cache entry this script can read ({e})")
         (out / "cand.o").write_bytes(code)
         _, off, size = _code_section(out / "cand.o")
         votes = collections.Counter()
@@ -109,9 +125,9 @@ def attribute(samples: collections.Counter, obj: Path, base: int) -> tuple[dict,
     sec, _, size = _code_section(obj)
     offs = sorted(o - base for o in samples if 0 <= o - base < size)
     # one line per address: "path:line" and at times " (discriminator n)"
-    locs = [ln.split()[0] for ln in subprocess.run(
+    locs = [ln.split()[0] for ln in _run(
         ["addr2line", "-e", str(obj), "-j", sec] + [hex(o) for o in offs],
-        capture_output=True, text=True, check=True).stdout.splitlines()]
+        "addr2line").stdout.splitlines()]
     defs, kinds = _regions()
     by_fn: dict = collections.Counter()
     by_line: dict = collections.Counter()
@@ -135,23 +151,19 @@ def attribute(samples: collections.Counter, obj: Path, base: int) -> tuple[dict,
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fingerprint
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="llama_layer", choices=list(fingerprint.CASES))
     ap.add_argument("--top", type=int, default=25, help="lines to list")
     ap.add_argument("--freq", type=int, default=999, help="perf samples per second")
     ap.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.child:
-        child(Path(a.child), a.case)
+    if a.child or a.compile:
+        child(Path(a.child) if a.child else None, a.case)
         return 0
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"profile_loop.py needs {', '.join(missing)} (Linux perf, binutils)")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import _source_hash
     env = dict(os.environ, NUMBA_DEBUGINFO="1",
                NUMBA_CACHE_DIR=str(ROOT / ".numba_cache" / f"debuginfo-{_source_hash()}"))
     with tempfile.TemporaryDirectory() as d:
@@ -159,15 +171,14 @@ def main(argv=None) -> int:
         if not glob.glob(env["NUMBA_CACHE_DIR"] + "/*/_engine.chip_run-*.nbc"):
             # code compiled in the process is not laid out as the cache's object code is
             print(f"compiling the loop with line tables into {env['NUMBA_CACHE_DIR']} "
-                  f"(about 2 min, once) ...", flush=True)
-            subprocess.run([sys.executable, "-W", "ignore", __file__, "--child", d,
-                            "--case", "examples"], env=env, check=True)
+                  f"(about 5 min on 2 cores, once) ...", flush=True)
+            _run([sys.executable, "-W", "ignore", __file__, "--compile", "--case", "examples"],
+                 "compiling the loop", env=env)
         print(f"perf record of {a.case} ...", flush=True)
-        subprocess.run(["perf", "record", "-q", "-F", str(a.freq), "-o", str(data), "--",
-                        sys.executable, "-W", "ignore", __file__, "--child", d, "--case", a.case],
-                       env=env, check=True)
-        ips = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip"],
-                             capture_output=True, text=True, check=True).stdout.split()
+        _run(["perf", "record", "-q", "-F", str(a.freq), "-o", str(data), "--",
+              sys.executable, "-W", "ignore", __file__, "--child", d, "--case", a.case],
+             "perf record", env=env)
+        ips = _run(["perf", "script", "-i", str(data), "-F", "ip"], "perf script").stdout.split()
         samples = collections.Counter(int(x, 16) for x in ips)
         by_fn, by_line = attribute(samples, Path(d) / "chip.o", int((Path(d) / "base")
                                                                     .read_text()))

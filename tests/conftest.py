@@ -47,8 +47,8 @@ def pytest_sessionstart(session):
     cache = Path(os.environ["NUMBA_CACHE_DIR"])
     if not any(cache.rglob("_engine.chip_run-*.nbc")):
         config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"compiling the event loop once for the workers into {cache} (about 2 min on 2 "
-            f"cores)")
+            f"compiling the event loop once for the workers into {cache} (about 2 minutes, "
+            f"on one CPU)")
     from tilesim import config as chip_config
     from tilesim.arch import chip
     from tilesim.isa import assemble
