@@ -1313,6 +1313,17 @@ def test_unknown_plan_field_is_a_one_line_error():
     assert "\n" not in str(e.value) and "['gmm']" in str(e.value) and "gm, gn" in str(e.value)
 
 
+def test_a_plan_without_multicast_reports_every_core_it_uses():
+    """plan.cores of a plan without multicast is min(cores, units): a multicast grid tried at
+    a smaller chunk size used to overwrite the count the later plans took (h100-like's 8
+    products of 1 x 2048 @ 2048 x 2048, 256 units, reported 128 of 132 cores, and the X
+    traffic of resident plans was estimated from it)."""
+    from tilesim.programs.mapping import plan_matmul
+    cfg = config.load("h100-like-hbm3")
+    p = plan_matmul(1, 2048, 2048, 8, cfg, in_dt="bf16", w_dt="bf16", act_dt="bf16")
+    assert p.gm * p.gn == 1 and p.cores == min(cfg.cores.count, p.units) == 132
+
+
 def test_sram_races_finds_a_load_that_overwrites_a_tile_the_array_still_reads():
     """The single-buffered example GEMM with one wait removed: k-tile 1's load into the slot
     no longer waits for the mm that reads k-tile 0 from it, so the two overlap in time on the

@@ -195,8 +195,8 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                         est = max(dram / peak, mm)
                         key = (est, dram, -min(w, cols), w, -kl, gm * gn)
                         if best_mc[wide] is None or key < best_mc[wide][0]:
-                            used = min(cores, supers * gm * gn, groups * gm * gn)
-                            best_mc[wide] = (key, MatmulPlan(w, mb, kt, kl, False, used, units,
+                            busy = min(cores, supers * gm * gn, groups * gm * gn)
+                            best_mc[wide] = (key, MatmulPlan(w, mb, kt, kl, False, busy, units,
                                                              need, int(dram), float(est), gm,
                                                              gn))
     best, best_mc = _narrow_or_wide(best), _narrow_or_wide(best_mc)
