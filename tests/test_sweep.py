@@ -470,9 +470,13 @@ def test_real_simulator_sweep_killed_and_resumed_on_dask(tmp_path):
     assert table(db) == table(ref)                      # every number, cycles bit for bit
 
     # the physics of the table: no point moves DRAM bytes faster than HBM2's pins allow (2
-    # stacks x 1024 bits x the pin rate); more DRAM bandwidth and wider NoC links never cost
-    # cycles; a decode step reads every weight matrix from DRAM and, so bound, runs well
-    # over 1.5x faster at 2.4 Gb/s than at 1.0 when the NoC is wide (2.4x at the limit)
+    # stacks x 1024 bits x the pin rate); wider NoC links never cost cycles, nor does more DRAM
+    # bandwidth beyond 0.5%: with 128 B links the step is NoC-bound (1.6 and 2.4 Gb/s within
+    # 0.3%), and the faster DRAM's other order of arrivals at the FCFS links can cost a little
+    # (decode 1,218,213 cycles at 2.4 against 1,215,252 at 1.6, the same plans: a greedy
+    # schedule's anomaly, measured 2026-12-03); a decode step reads every weight matrix from
+    # DRAM and, so bound, runs well over 1.5x faster at 2.4 Gb/s than at 1.0 when the NoC is
+    # wide (2.4x at the limit)
     gpt2 = ModelSpec(**points[0].model)
     # every parameter but the position table (bf16), of which a step reads one row
     weights = gpt2.weight_bytes() - gpt2.max_context * gpt2.d_model * 2
@@ -491,7 +495,7 @@ def test_real_simulator_sweep_killed_and_resumed_on_dask(tmp_path):
     for (phase, rate, sram, link), s in res.items():
         for faster in (1.6, 2.4):
             if faster > rate:
-                assert res[phase, faster, sram, link]["cycles"] <= s["cycles"]
+                assert res[phase, faster, sram, link]["cycles"] <= 1.005 * s["cycles"]
         if link == 128:
             assert res[phase, rate, sram, 512]["cycles"] <= s["cycles"]
     for sram in (2**20, 36 * 2**20):

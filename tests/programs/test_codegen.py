@@ -1313,6 +1313,45 @@ def test_unknown_plan_field_is_a_one_line_error():
     assert "\n" not in str(e.value) and "['gmm']" in str(e.value) and "gm, gn" in str(e.value)
 
 
+def _with_sram(name: str, kib: int):
+    """Preset ``name`` with ``kib`` KiB of SRAM per core."""
+    d = config.to_dict(config.load(name))
+    d["cores"]["sram"]["size_bytes"] = kib * 1024
+    d["name"] = f"{name}-sram{kib}k"
+    return config.from_dict(d)
+
+
+LLAMA_2K = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
+                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+
+
+def test_plans_take_weight_chunks_near_kl_target_and_x_pieces_of_a_whole_flit():
+    """The two rules the estimate does not see (mapping module doc). With 640 KiB per core on
+    h100-like, the batch-1 gate's weights come in chunks of KL_TARGET = 512 K-rows, as with
+    256 KiB (it took all 2048 in one chunk), and the batch-1024 gate streams X in pieces of
+    at least a flit (it took 32-row chunks: 64 B pieces in 256 B flits). An 8-column tile
+    (a router over 8 experts) takes chunks of 2048 rows, 32 KiB (CHUNK_MIN_BYTES)."""
+    from tilesim.programs.mapping import KL_TARGET, plan_matmul
+    kw = dict(in_dt="bf16", w_dt="bf16", act_dt="bf16")
+    big = _with_sram("h100-like-hbm3", 640)
+    assert plan_matmul(1, 2048, 14336, 1, big, **kw).kl == KL_TARGET
+    p = plan_matmul(1024, 2048, 14336, 1, big, **kw)
+    assert not p.resident and 2 * p.kl >= big.noc.link_width_bytes
+    assert plan_matmul(64, 4096, 8, 1, config.load("h100-like-hbm3"), **kw).kl == 2048
+
+
+def test_a_unit_in_chunks_of_512_rows_beats_one_chunk_of_all_of_k():
+    """tpu-v4i-like's 32 MiB cores fit a 4096-row weight chunk, which the search used to take
+    (the largest that fits): 1 x 4096 @ 4096 x 1024 then ran unpipelined, each core loading
+    its whole strip before its first product. In chunks of 512 rows (mapping.KL_TARGET) it
+    takes under 85% of the cycles (measured: 18.0 K against 24.8 K), for the same bytes."""
+    cfg = config.load("tpu-v4i-like")
+    _, chunked = _run_matmul(cfg, 1, 4096, 1024)
+    _, whole = _run_matmul(cfg, 1, 4096, 1024, only={"kl": 4096})
+    assert chunked.dram_read_bytes == whole.dram_read_bytes
+    assert chunked.cycles <= 0.85 * whole.cycles, (chunked.cycles, whole.cycles)
+
+
 def test_a_plan_without_multicast_reports_every_core_it_uses():
     """plan.cores of a plan without multicast is min(cores, units): a multicast grid tried at
     a smaller chunk size used to overwrite the count the later plans took (h100-like's 8
@@ -1322,6 +1361,30 @@ def test_a_plan_without_multicast_reports_every_core_it_uses():
     cfg = config.load("h100-like-hbm3")
     p = plan_matmul(1, 2048, 2048, 8, cfg, in_dt="bf16", w_dt="bf16", act_dt="bf16")
     assert p.gm * p.gn == 1 and p.cores == min(cfg.cores.count, p.units) == 132
+
+
+def test_more_sram_does_not_slow_a_batch_1_decode_step():
+    """A design-space sweep must not find that more SRAM makes a chip slower because the
+    mapper used it badly: a batch-1 decode step of a d_model 2048 model on h100-like with
+    640 KiB per core takes no more cycles than with 256 KiB (it took 231.6 K against 212.5 K
+    when the search took the largest weight chunk that fits; now both 212.5 K)."""
+    small = simulate(config.load("h100-like-hbm3"), LLAMA_2K, "decode", 1, 16, progress=False)
+    big = simulate(_with_sram("h100-like-hbm3", 640), LLAMA_2K, "decode", 1, 16,
+                   progress=False)
+    assert big.cycles <= small.cycles, (big.cycles, small.cycles)
+
+
+@pytest.mark.slow
+def test_more_sram_does_not_slow_a_batch_1024_decode_step():
+    """As above at batch 1024, where the matmuls stream X in multicast groups: with 640 KiB
+    per core the gate took 1024-row blocks in 32-row chunks (64 B pieces of X in 256 B NoC
+    flits) and the step 1,309 K cycles against 1,250 K with 256 KiB; with X pieces of at
+    least a flit, 1,083 K (measured 2026-12-03)."""
+    small = simulate(config.load("h100-like-hbm3"), LLAMA_2K, "decode", 1024, 16,
+                     progress=False)
+    big = simulate(_with_sram("h100-like-hbm3", 640), LLAMA_2K, "decode", 1024, 16,
+                   progress=False)
+    assert big.cycles <= small.cycles, (big.cycles, small.cycles)
 
 
 def test_sram_races_finds_a_load_that_overwrites_a_tile_the_array_still_reads():

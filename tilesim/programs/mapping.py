@@ -32,15 +32,24 @@ gn) that fits the SRAM with double buffering it estimates
                      per-core MM streaming cycles of its busiest core)
 
 and keeps the fastest, then the one with the least DRAM traffic, then the array's width (of
-wider tiles, the narrowest: more units to spread). A multicast grid must beat
-the best plan without one by ``MCAST_GAIN`` of the estimated time: groups step in lockstep,
-which the estimate does not see, so a grid that only trims a little X traffic (batch-1
-decode) is not worth it. A search takes 1 to 15 ms per op on h100-like shapes (measured with the
-wide tiles, on a busy 2-core machine).
+wider tiles, the narrowest: more units to spread), then weight chunks nearest ``KL_TARGET``
+K rows, then the larger. Two things the estimate does not see are rules, since without them
+more SRAM made plans slower: the size of a chunk sets how well loads and products overlap
+(``KL_TARGET``), and streamed X is loaded in pieces of ``kl`` elements a row (a strided DMA),
+each of which takes at least a NoC flit, so plans whose pieces are shorter than
+``noc.link_width_bytes`` are left out unless ``kl`` is all of K or asked for (with 640 KiB
+of SRAM, h100-like's 1024 x 2048 @ 2048 x 14336 took 1024-row blocks and 32-row chunks, 64 B
+pieces in 256 B flits, for 44% less traffic by the estimate, and 620 K cycles against 460 K
+with 256 KiB; measured 2026-12-03). A multicast grid must beat the best plan without one by
+``MCAST_GAIN`` of the estimated time: groups step in lockstep, which the estimate does not
+see, so a grid that only trims a little X traffic (batch-1 decode) is not worth it. A search
+takes 1 to 15 ms per op on h100-like shapes (measured with the wide tiles, on a busy 2-core
+machine).
 """
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 from tilesim.config import ChipConfig
@@ -54,14 +63,32 @@ narrow, e.g. 32 columns), at the cost of a wider accumulator. On blackhole-like-
 arrays) a 512 x 14336 @ 14336 x 4096 matmul reads 176 MB instead of 235 MB and takes 553 K
 cycles instead of 712 K. Two things the estimate does not see limit them: streamed X pieces (a
 row's ``kl`` elements) must fill a NoC flit (with 64 B pieces in 256 B flits, h100-like's
-``kl`` 32, llama-3-8b's prefill-512 took 2.5% longer for 23% fewer bytes), and a unit needs
-at least four K chunks (with two, the first, large, chunk's load is not hidden: 256 x 2048 @
-2048 x 4096 there took 97.4 K cycles against 92.3 K). Only for more X rows than the array has:
-with fewer (decode) each weight is used for few rows, the op streams weights, and what sets its
-speed is how many cores stream them (deepseek-v3's 8 x 16384 @ 16384 x 7168 at batch 8 took
-256-column tiles on 28 of h100-like's 132 cores, 242 MB by the estimate against 264 MB for
-64-column tiles without multicast; it keeps 64-column tiles in multicast groups on 112
-cores, 237 MB)."""
+``kl`` 32, llama-3-8b's prefill-512 took 2.5% longer for 23% fewer bytes; now a rule for every
+plan, module doc), and a unit needs at least four K chunks (with two, the first, large,
+chunk's load is not hidden: 256 x 2048 @ 2048 x 4096 there took 97.4 K cycles against 92.3 K).
+Only for more X rows than the array has: with fewer (decode) each weight is used for few
+rows, the op streams weights, and what sets its speed is how many cores stream them
+(deepseek-v3's 8 x 16384 @ 16384 x 7168 at batch 8 took 256-column tiles on 28 of h100-like's
+132 cores, 242 MB by the estimate against 264 MB for 64-column tiles without multicast; it
+keeps 64-column tiles in multicast groups on 112 cores, 237 MB)."""
+KL_TARGET = 512
+"""K rows per weight chunk the search prefers among plans of equal estimate and traffic (the
+nearest, in powers of two; then the larger). Chunks that are too large leave a core's work
+unpipelined (the first chunk's load and the last one's products overlap nothing), chunks
+that are too small pay a DMA, a semaphore and a group step each. Measured 2026-12-03, the
+op's cycles at each kl over the best (single matmuls, plans otherwise fixed): tpu-v4i-like
+1 x 4096 @ 4096 x 11008: kl 128 1.73, 256 1.10, 512 1.00, 1024 1.02, 2048 1.07, 4096 1.22;
+8 x 7168 @ 7168 x 1536: 1.70, 1.12, 1.00, 1.03, 1.14, 1.25, 7168 1.27; blackhole-like-hbm3
+1 x 3072 @ 3072 x 768: kl 32 3.91, 64 2.25, 128 1.59, 256 1.18, 512 1.00, 1024 1.09, 2048
+1.31; h100-like-hbm3 64 x 768 @ 768 x 768: kl 128 1.46, 256 1.26, 512 1.01, 768 1.00. The
+search used to take the largest chunk that fits: the whole K on tpu-v4i-like's 32 MiB cores,
+and, with 640 KiB of SRAM on h100-like instead of 256 KiB, 2048 instead of 512 for the
+batch-1 decode projections of a d_model 2048 model, whose step then took 231.6 K cycles
+instead of 212.5 K: more SRAM, 9% slower."""
+CHUNK_MIN_BYTES = 32 << 10
+"""Weight bytes a chunk should have at least, which moves the preferred ``kl`` of narrow tiles
+up: at 512 rows an 8-column tile (a router over 8 experts) has 8 KiB chunks, and h100-like's
+64 x 4096 @ 4096 x 8 took 1.29x the cycles it takes with 2048-row (32 KiB) ones."""
 WIDE_GAIN = 0.05
 """A plan with n-tiles wider than the array is chosen over the best without only when it
 saves at least this fraction of the estimated time or of the DRAM bytes
@@ -164,9 +191,11 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                         continue
                     if not allowed(w=w, mb=mb, kl=kl):
                         continue
-                    if w > cols and (k < 4 * kl or (not resident
-                                                    and nbytes(kl, act_dt) < flit)):
+                    if w > cols and k < 4 * kl:
                         continue                 # see WIDE
+                    if (not resident and nbytes(kl, act_dt) < flit and kl < k
+                            and "kl" not in only):
+                        continue                 # X pieces below a flit (module doc)
                     wbytes = count * nbytes(k * n, w_dt) * m_blocks
                     # resident X is loaded once per (core, m-block) it works on
                     x_copies = min(used, n_tiles * count) if resident else n_tiles
@@ -176,7 +205,7 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                     k_steps = -(-k // kt)
                     mm = per_core * k_steps * subs * (mb + rows)   # rows stream + ldw
                     est = max(dram / peak, mm)
-                    key = (est, dram, -min(w, cols), w, -kl)
+                    key = (est, dram, -min(w, cols), w, _kl_off(kl, w, w_dt), -kl)
                     wide = w > cols
                     if allowed(resident=resident, gm=1, gn=1) and (best[wide] is None
                                                                    or key < best[wide][0]):
@@ -193,7 +222,7 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
                                 + count * nbytes(m * k, act_dt) * -(-n_tiles // gn) + ybytes)
                         mm = -(-supers // groups) * k_steps * subs * (mb + rows)
                         est = max(dram / peak, mm)
-                        key = (est, dram, -min(w, cols), w, -kl, gm * gn)
+                        key = (est, dram, -min(w, cols), w, _kl_off(kl, w, w_dt), -kl, gm * gn)
                         if best_mc[wide] is None or key < best_mc[wide][0]:
                             busy = min(cores, supers * gm * gn, groups * gm * gn)
                             best_mc[wide] = (key, MatmulPlan(w, mb, kt, kl, False, busy, units,
@@ -212,6 +241,13 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
         raise InputError(f"{cfg.name}: a {m} x {k} @ {k} x {n} matmul does not fit "
                          f"cores.sram.size_bytes = {size} even with one-row tiles")
     return best[1]
+
+
+def _kl_off(kl: int, w: int, w_dt: str) -> int:
+    """How far ``kl`` is from the preferred chunk (KL_TARGET rows, and at least CHUNK_MIN_BYTES
+    of weights), in whole powers of two."""
+    target = max(KL_TARGET, CHUNK_MIN_BYTES * 8 // (w * DTYPES[w_dt].bits))
+    return abs(round(math.log2(kl / target)))
 
 
 def _narrow_or_wide(best: dict):
