@@ -1242,7 +1242,10 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     (136 K), a 4x wider NoC (133 K), 4x the DMA requests in flight (132 K); only more slots
     help, and they need SRAM the 256 KiB core does not have: 3 slots 115 K, 4 slots 108 K
     (with 400-700 KiB), and 2x the DRAM bandwidth 112 K. An L2 that serves the re-reads is
-    what H100 has here."""
+    what H100 has here. With 640 KiB a core (H100's 50 MB L2 and 256 KiB SMEMs shared out
+    over its SMs) and the mapper's chunk and flit rules (2026-12-03): batch 1 212.5 K, 16
+    222.3 K, 512 624.5 K, 1024 1,083 K; an extra sequence costs 2.06x the roofline's slope
+    instead of 2.5x, but this knee falls to 52, the line through 512 and 1024 being flatter."""
     from tilesim.arch import dram
     cfg = config.load("h100-like-hbm3")
     spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
