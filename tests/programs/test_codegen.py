@@ -5,6 +5,7 @@ for a decode step, with GQA and with MLA. Accounting: MACs executed equal the mo
 MoE and MLA models. Physics: no step beats the DRAM or MAC roof. Bad input: one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -166,7 +167,6 @@ def test_functional_moe_prefill_and_decode_equal_numpy(mla):
 def test_functional_moe_with_expert_biases_is_refused_in_one_line():
     """Expert biases (mlp_bias on a MoE) are counted in bytes but not computed, so a
     functional run of such a model is refused rather than silently wrong."""
-    import dataclasses
     spec = dataclasses.replace(tiny_moe_spec(), mlp_bias=True)
     w = random_weights(tiny_moe_spec(), 0)
     g = graph.model_graph(spec, "decode", 1, 4)
@@ -181,7 +181,6 @@ def test_functional_moe_in_bf16_equals_numpy_to_rounding():
     activations and fp8 weights: within bf16 rounding of the reference on the rounded
     weights (measured 0.75% of the largest logit; 0.7-1.0% over both kinds with bf16 or fp8
     weights; asserted under 2%)."""
-    import dataclasses
 
     from tilesim.dtypes import quantize
     spec = dataclasses.replace(tiny_moe_spec(True), weight_dtype="fp8e4m3", act_dtype="bf16",
@@ -202,7 +201,6 @@ def test_functional_gpt2_kind_and_sliding_window_equal_numpy(kind):
     equal the numpy reference on 2 and on 4 cores, and decode executes the model's MACs. The
     biases and the position rows used to be left out (logits off by the biases); a prefill
     query block read only the window of its last query, so its first queries lost keys."""
-    import dataclasses
     spec = (tiny_gpt2_spec() if kind == "gpt2"
             else dataclasses.replace(tiny_spec(), sliding_window=4))
     w = random_weights(spec, 0)
@@ -224,7 +222,6 @@ def test_functional_bf16_split_k_decode_equals_numpy_to_rounding(kind):
     """bf16 on 4 cores at batch 1: the one (sequence, kv head) unit's 63 keys are cut over
     several cores and the partials (m, l and acc in fp32) merged; the logits equal the reference on
     bf16-rounded weights to bf16 rounding (measured 0.55% and 0.72%, asserted under 2%)."""
-    import dataclasses
 
     from tilesim.dtypes import quantize
     spec = dataclasses.replace(_KINDS[kind](), weight_dtype="bf16", act_dtype="bf16",
@@ -245,7 +242,6 @@ def test_functional_integer_weights_equal_numpy(mla, wdt):
     range; int4 packed two a byte) converted to the arrays' fp32 by the vector engine: the
     logits equal the reference on the same integer weights (measured 5e-7 and 2e-6 of the
     largest logit)."""
-    import dataclasses
     spec = dataclasses.replace(tiny_mla_spec() if mla else tiny_spec(), weight_dtype=wdt)
     lim = 7 if wdt == "int4" else 127
     w = {k: np.clip(np.round(4 * v), -lim - 1, lim) if v.ndim > 1 and k != "embed" else v
@@ -275,7 +271,6 @@ def test_functional_bf16_with_bf16_or_fp8_weights_equals_numpy_to_rounding(kind,
     logits differ only by bf16 rounding along the way: measured 0.3-0.9% of the largest logit,
     asserted under 2% (a norm that read its bf16 gamma as fp32, and silu(gate) * up reading
     bf16 as fp32, gave 99%)."""
-    import dataclasses
 
     from tilesim.dtypes import quantize
     spec = dataclasses.replace(_KINDS[kind](), weight_dtype=wdt, act_dtype="bf16",
@@ -299,7 +294,6 @@ def test_functional_fp8_kv_cache_is_converted_and_equals_numpy(kind, kvdt):
     buffers) and in decode on 2 and 4 cores (GQA splits its keys over the cores and merges);
     the reference without the rounding is 5e-4 to 4e-2 away (fp8). Before, the arrays read
     the cache's bytes as fp32 (such runs were refused)."""
-    import dataclasses
 
     from tilesim.dtypes import quantize
     spec = dataclasses.replace(_KINDS[kind](), kv_dtype=kvdt)
@@ -350,7 +344,6 @@ def test_kv_cache_type_sets_its_bytes_and_conversions_exactly():
     hd), and the vector engine converts exactly those elements more (each chunk read back,
     each row appended); queries in fp32 on bf16 arrays are converted by their scaling and
     the logits stay within bf16 rounding of the reference (measured 0.44%)."""
-    import dataclasses
     spec = tiny_spec()
     w = random_weights(spec, 0)
     runs = {}
@@ -378,7 +371,6 @@ def test_projections_of_one_input_run_as_one_fused_matmul(tiny):
     numpy reference and every model MAC runs once; the op table reports them as matmuls. MLA's
     q_a and kv_a fuse too, though q_a_norm and q_b sit between them, and biased q, k, v fuse
     with one bias of their three."""
-    import dataclasses
     spec, w, cfg = tiny
     batch, prompt = 2, 6
     comp, ref = _decode_after_prompt(spec, w, cfg, batch, prompt, 8)
@@ -431,7 +423,6 @@ def test_split_k_decode_attention_equals_numpy(kv_heads, batch):
     their own, merged by online softmax (codegen.emit_attention, *Split-K*); 3 runs with one
     kv head at batch 1. The logits still equal the numpy reference and every MAC the model
     counts is executed once."""
-    import dataclasses
     spec = dataclasses.replace(tiny_spec(), n_kv_heads=kv_heads)
     w = random_weights(spec, 2)
     cfg = _four_core_fp32()
@@ -456,7 +447,6 @@ def test_split_k_merge_streams_partials_through_the_key_value_slots(monkeypatch)
     3 runs' merge takes two batches. SPLIT_PARTIAL_SHARE is raised so that 6 chunks may be
     split (the rule would want runs of 10 chunks for partials this large). Logits equal the
     numpy reference, every MAC is executed once, and no SRAM is raced."""
-    import dataclasses
 
     from tilesim.isa.validate import sram_races
     monkeypatch.setattr(codegen, "SPLIT_PARTIAL_SHARE", 100.0)
@@ -521,7 +511,6 @@ def test_attention_in_head_groups_and_across_cores_equals_numpy(heads, kv_heads)
     to the cache; and in decode 16 query heads of one kv head do not fit one core, so they
     are cut into head groups (MLA's 128 heads on a 256 KiB core are the real case). Logits
     equal the numpy reference in prefill and decode, and no SRAM is raced."""
-    import dataclasses
 
     from tilesim.isa.validate import sram_races
     d = config.to_dict(tiny_chip())
@@ -1183,14 +1172,18 @@ def test_norm_rows_spread_over_every_core_and_gamma_is_multicast_once(kind):
     assert stats.dma_requests["multicast"] > 0
 
 
+LLAMA_2K = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
+                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+"""A llama-shaped model of d_model 2048: a decode step at large batch takes seconds."""
+
+
 def test_decode_attention_appends_the_new_rows_of_many_sequences_in_one_copy():
     """Decode at batch 256 on h100-like: the new key and value rows (one per sequence and kv
     head) reach the cache in strided copies of 64 sequences, 2 x 4 kv heads x 4 = 32 loads
     and 32 stores, not 2,048 of one row each (16 dependent copies per core, ~8 K cycles
     before any attention could start)."""
     cfg = config.load("h100-like-hbm3")
-    spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=1, n_heads=16,
-                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+    spec = dataclasses.replace(LLAMA_2K, n_layers=1)
     g = graph.model_graph(spec, "decode", 256, 16)
     nodes = [g.nodes[n] for n in g.nodes if g.nodes[n]["kind"] == "attention"]
     comp = codegen.compile_nodes(spec, nodes, cfg, "decode", 256, 16)
@@ -1248,8 +1241,7 @@ def test_decode_time_is_flat_in_batch_then_rises_past_a_knee_below_ops_byte():
     instead of 2.5x, but this knee falls to 52, the line through 512 and 1024 being flatter."""
     from tilesim.arch import dram
     cfg = config.load("h100-like-hbm3")
-    spec = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
-                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
+    spec = LLAMA_2K
     peak_bpc = dram.peak_gbps(cfg.memory) / cfg.clock_ghz
     knee_roof = 2 * cfg.peak_macs_per_cycle / peak_bpc
     t = {}
@@ -1324,10 +1316,6 @@ def _with_sram(name: str, kib: int):
     return config.from_dict(d)
 
 
-LLAMA_2K = ModelSpec(name="llama-2k", vocab_size=4096, d_model=2048, n_layers=2, n_heads=16,
-                     n_kv_heads=4, head_dim=128, ffn_dim=7168, max_context=4096)
-
-
 def test_plans_take_weight_chunks_near_kl_target_and_x_pieces_of_a_whole_flit():
     """The two rules the estimate does not see (mapping module doc). With 640 KiB per core on
     h100-like, the batch-1 gate's weights come in chunks of KL_TARGET = 512 K-rows, as with
@@ -1344,7 +1332,7 @@ def test_plans_take_weight_chunks_near_kl_target_and_x_pieces_of_a_whole_flit():
 
 
 def test_a_unit_in_chunks_of_512_rows_beats_one_chunk_of_all_of_k():
-    """tpu-v4i-like's 32 MiB cores fit a 4096-row weight chunk, which the search used to take
+    """tpu-v4i-like's 36 MiB cores fit a 4096-row weight chunk, which the search used to take
     (the largest that fits): 1 x 4096 @ 4096 x 1024 then ran unpipelined, each core loading
     its whole strip before its first product. In chunks of 512 rows (mapping.KL_TARGET) it
     takes under 85% of the cycles (measured: 18.0 K against 24.8 K), for the same bytes."""

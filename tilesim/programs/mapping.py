@@ -43,8 +43,8 @@ pieces in 256 B flits, for 44% less traffic by the estimate, and 620 K cycles ag
 with 256 KiB; measured 2026-12-03). A multicast grid must beat the best plan without one by
 ``MCAST_GAIN`` of the estimated time: groups step in lockstep, which the estimate does not
 see, so a grid that only trims a little X traffic (batch-1 decode) is not worth it. A search
-takes 1 to 15 ms per op on h100-like shapes (measured with the wide tiles, on a busy 2-core
-machine).
+takes 1 to 25 ms per op on h100-like shapes (48 decode and prefill shapes, median 10-15 ms;
+measured 2026-12-03 on a 2-core machine, as with the rules before them).
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ op's cycles at each kl over the best (single matmuls, plans otherwise fixed): tp
 8 x 7168 @ 7168 x 1536: 1.70, 1.12, 1.00, 1.03, 1.14, 1.25, 7168 1.27; blackhole-like-hbm3
 1 x 3072 @ 3072 x 768: kl 32 3.91, 64 2.25, 128 1.59, 256 1.18, 512 1.00, 1024 1.09, 2048
 1.31; h100-like-hbm3 64 x 768 @ 768 x 768: kl 128 1.46, 256 1.26, 512 1.01, 768 1.00. The
-search used to take the largest chunk that fits: the whole K on tpu-v4i-like's 32 MiB cores,
+search used to take the largest chunk that fits: the whole K on tpu-v4i-like's 36 MiB cores,
 and, with 640 KiB of SRAM on h100-like instead of 256 KiB, 2048 instead of 512 for the
 batch-1 decode projections of a d_model 2048 model, whose step then took 231.6 K cycles
 instead of 212.5 K: more SRAM, 9% slower."""
@@ -246,7 +246,7 @@ def plan_matmul(m: int, k: int, n: int, count: int, cfg: ChipConfig, *, in_dt: s
 def _kl_off(kl: int, w: int, w_dt: str) -> int:
     """How far ``kl`` is from the preferred chunk (KL_TARGET rows, and at least CHUNK_MIN_BYTES
     of weights), in whole powers of two."""
-    target = max(KL_TARGET, CHUNK_MIN_BYTES * 8 // (w * DTYPES[w_dt].bits))
+    target = max(KL_TARGET, CHUNK_MIN_BYTES // nbytes(w, w_dt))
     return abs(round(math.log2(kl / target)))
 
 
