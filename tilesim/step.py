@@ -405,8 +405,9 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
     With ``workers`` > 1, this process and ``workers - 1`` forked ones take programs from one
     list, costliest first (``_cost``; this process takes the first). A worker compiles its
     program and runs its ops. This process compiles its program, then forks helpers for the
-    CPUs no worker uses and runs the ops with them, costliest (most instructions) first: a
-    prefill layer no longer runs on one CPU while the other is idle. A thread collects the
+    CPUs no worker uses, and later for each CPU a worker frees when it runs out of programs,
+    and runs the ops with them, costliest (most instructions) first: a layer no longer runs
+    on one CPU while the other is idle. A thread collects the
     results (the event loop releases the GIL, so progress shows). An error anywhere, or a
     worker that dies, stops the others and is raised here."""
     from tilesim.arch import chip as chip_mod
@@ -535,6 +536,11 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
             mine, pos = _by_cost(ops), [0]
             while not stop.is_set() and (op := _claim(mine, pos, claim_lock, claimed)) >= 0:
                 record(op, _run_segment(_SEGS[op]))
+                # a worker out of programs has freed its CPU: a helper takes ops of this one
+                # (llama-3-8b decode: the head's worker ends while this one has layer ops left)
+                free = workers - 1 - sum(p.is_alive() for p in procs)
+                if free > 0 and sum(not claimed[k] for k in ops) > 1:
+                    fork(_op_worker, (ops, claim_lock, claimed, results, spool))
             with taken.get_lock():
                 k = taken.value
                 taken.value += 1
