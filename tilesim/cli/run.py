@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
                    help="MoE tokens over experts: random (the experts independent choices "
                         "reach on average; default) or balanced (every expert)")
     p.add_argument("--all-layers", action="store_true",
-                   help="simulate every layer instead of once per distinct layer shape")
+                   help="simulate every layer instead of once per distinct layer shape, "
+                        "and a large LM head whole instead of as one of its equal vocab slices")
     p.add_argument("--ignore-capacity", action="store_true",
                    help="run even if weights and KV cache exceed the chip's memory")
     p.add_argument("--workers", type=int, default=None,

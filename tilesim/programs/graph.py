@@ -208,6 +208,17 @@ def model_graph(spec: ModelSpec, phase: str, batch: int, context: int,
     return b.g
 
 
+def lm_head_slice(spec: ModelSpec, phase: str, batch: int, context: int,
+                  slices: int) -> dict:
+    """The ``lm_head`` node of :func:`model_graph` over ``vocab_size / slices`` of the vocabulary
+    (``slices`` divides it): one of the equal slices ``tilesim.simulate`` runs a large head as."""
+    _check_args(phase, batch, context)
+    if not isinstance(slices, int) or slices < 1 or spec.vocab_size % slices:
+        raise ValueError(f"slices {slices!r} does not divide vocab_size {spec.vocab_size}")
+    b = _Builder(spec, phase, batch, context, (), "random")
+    return dict(b.g.nodes[b.head((), spec.vocab_size // slices)])
+
+
 def macs_by_part(graph: nx.DiGraph) -> dict[str, int]:
     """Node MACs summed by :meth:`ModelSpec.macs_breakdown` term (every term present)."""
     out = dict.fromkeys(MACS_PARTS, 0)
@@ -303,11 +314,14 @@ class _Builder:
                         bytes_min=gather, in_bytes=0, out_bytes=self.act(T * s.d_model))
 
     def final(self, x: str) -> None:
-        s, B = self.s, self.batch
-        n = self.norm("final_norm", -1, (x,), B, s.d_model)
-        self.matmul("lm_head", -1, (n,), B, s.d_model, s.vocab_size, "lm_head",
-                    kind="lm_head", weight="embed" if s.tie_embeddings else "lm_head",
-                    tied=s.tie_embeddings)
+        n = self.norm("final_norm", -1, (x,), self.batch, self.s.d_model)
+        self.head((n,), self.s.vocab_size)
+
+    def head(self, deps, vocab: int) -> str:
+        s = self.s
+        return self.matmul("lm_head", -1, deps, self.batch, s.d_model, vocab, "lm_head",
+                           kind="lm_head", weight="embed" if s.tie_embeddings else "lm_head",
+                           tied=s.tie_embeddings)
 
     # ---- one block ------------------------------------------------------------------------
     def layer(self, i: int, x: str | None) -> tuple[tuple[str, ...], str]:
