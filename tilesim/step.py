@@ -15,8 +15,8 @@ the ops are simulated in parallel, one forked process per CPU (``workers``); the
 depend on how many.
 
 A large LM head is one op that no other can run beside, so it would set the wall time alone
-(llama-3-8b's 1 GB head: 92.5 M events, 16 s on a 2-core Xeon, while its 32 reused layers
-take 6 s). By the layer rule it is cut into ``head_slices`` equal vocab slices, each a whole
+(llama-3-8b's 1 GB head: 92.5 M events, 16 s of event loop on this 2-core EPYC, while its
+reused layer's ops take 6-9 s). By the layer rule it is cut into ``head_slices`` equal vocab slices, each a whole
 number of array-width column strips and at least HEAD_SLICE_MIN_BYTES of weights, run one
 after another from an idle chip like any op; they are the same program up to addresses, so
 one is simulated and counted for all. The price is each extra slice's ramp and tail
@@ -445,9 +445,9 @@ def _run_parts(jobs: list, workers: int, finished, compiled=None, op_done=None) 
     program and runs its ops. This process compiles its program, then forks helpers for the
     CPUs no worker uses, and later for each CPU a worker frees when it runs out of programs,
     and runs the ops with them, costliest (most instructions) first: a layer no longer runs
-    on one CPU while the other is idle. A thread collects the
-    results (the event loop releases the GIL, so progress shows). An error anywhere, or a
-    worker that dies, stops the others and is raised here."""
+    on one CPU while the other is idle. A thread collects the results (the event loop
+    releases the GIL, so progress shows). An error anywhere, or a worker that dies, stops the
+    others and is raised here."""
     from tilesim.arch import chip as chip_mod
     comps: dict = {}
     runs: dict = {}
