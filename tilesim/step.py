@@ -60,7 +60,8 @@ whole; llama-3-8b's (1,002 MiB of bf16) is run as 3 slices."""
 class Part:
     """One simulated program and how many times it counts."""
 
-    label: str              # "embed", "layers 0-31", "head"
+    label: str              # "embed", "layers 0-31", "head" (or "final norm" and
+                            # "lm_head (vocab slice 1 of 3)": head_slices)
     times: int
     stats: object           # arch.chip.RunStats
     program: object         # isa.Program that ran

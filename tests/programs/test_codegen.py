@@ -699,10 +699,10 @@ def test_a_large_lm_head_runs_as_one_of_its_slices_and_counts_for_all(monkeypatc
 
 @pytest.mark.slow
 def test_the_default_head_in_slices_costs_at_most_6_percent_of_its_cycles():
-    """The price of running llama-3-8b's head as 3 slices is their extra ramps and tails: 3 x
-    232,935 = 698,805 cycles against 675,908 whole on h100-like-hbm3 (+3.4%; step module
-    doc). Asserted: no faster than whole, at most 6% slower (one decode layer, so both runs
-    take ~30 s)."""
+    """The price of running llama-3-8b's head as 3 slices is their extra ramps and tails: in
+    the default run, 3 x 232,935 = 698,805 cycles against 675,908 whole on h100-like-hbm3
+    (+3.4%; step module doc). Asserted: no faster than whole, at most 6% slower (with one
+    decode layer, so both runs together take ~31 s)."""
     spec = dataclasses.replace(models.resolve_model("llama-3-8b"), n_layers=1)
     cfg = config.load("h100-like-hbm3")
     cyc = {}
